@@ -1,0 +1,346 @@
+/**
+ * Builds an ONNX decoder graph for a llama-architecture model, with the input and output
+ * names of Hugging Face ONNX decoder exports (`input_ids`, `attention_mask`, `position_ids`,
+ * `past_key_values.{i}.key|value` in, `logits`, `present.{i}.key|value` out).
+ *
+ * Only default-domain ops of opset 17 are used. Keys in `present` are stored already rotated
+ * at their position ids, as in those exports.
+ */
+
+import type { LlamaLayerWeights, LlamaWeights, Tensor } from "../types.ts";
+import {
+  type AttributeInit,
+  DataType,
+  encodeModel,
+  float32Bytes,
+  int64Bytes,
+  type NodeInit,
+  type TensorProtoInit,
+  type ValueInfoInit,
+} from "./proto.ts";
+
+/** Options of {@link buildLlamaOnnx}. */
+export interface LlamaGraphOptions {
+  /**
+   * Rows of the RoPE cos/sin table, so position ids must be below this value.
+   * @default the model's context length
+   */
+  maxPositions?: number;
+}
+
+const OPSET_VERSION = 17;
+/** IR version 8 is the one that goes with opset 17. */
+const IR_VERSION = 8;
+/** Score given to masked keys: the lowest float32, as Hugging Face models use. */
+const MASKED_SCORE = -3.4028234663852886e38;
+
+/** Input name of layer `i`'s cached keys or values. */
+export function pastName(layer: number, kind: "key" | "value"): string {
+  return `past_key_values.${layer}.${kind}`;
+}
+
+/** Output name of layer `i`'s keys or values after this step. */
+export function presentName(layer: number, kind: "key" | "value"): string {
+  return `present.${layer}.${kind}`;
+}
+
+/** Accumulates nodes and initializers, naming intermediate values uniquely. */
+class GraphBuilder {
+  readonly nodes: NodeInit[] = [];
+  readonly initializers: TensorProtoInit[] = [];
+  private counter = 0;
+
+  /** Add a node with one output and return that output's name. */
+  op(opType: string, inputs: string[], attributes: AttributeInit[] = [], output?: string): string {
+    const name = output ?? `${opType.toLowerCase()}_${this.counter++}`;
+    this.nodes.push({ opType, inputs, outputs: [name], name: `${opType}_${this.counter++}`, attributes });
+    return name;
+  }
+
+  /** Add a node with `outputCount` outputs and return their generated names. */
+  opMulti(opType: string, inputs: string[], outputCount: number, attributes: AttributeInit[] = []): string[] {
+    const outputs = Array.from({ length: outputCount }, (_, i) => `${opType.toLowerCase()}_${this.counter}_${i}`);
+    this.nodes.push({ opType, inputs, outputs, name: `${opType}_${this.counter++}`, attributes });
+    return outputs;
+  }
+
+  float(name: string, dims: number[], values: ArrayLike<number>): string {
+    this.initializers.push({ name, dataType: DataType.FLOAT, dims, rawData: float32Bytes(values) });
+    return name;
+  }
+
+  int64(name: string, dims: number[], values: number[]): string {
+    this.initializers.push({ name, dataType: DataType.INT64, dims, rawData: int64Bytes(values) });
+    return name;
+  }
+
+  /** Add an int64 constant read by several nodes, once under `name`. */
+  sharedInt64(name: string, dims: number[], values: number[]): string {
+    if (!this.initializers.some((t) => t.name === name)) this.int64(name, dims, values);
+    return name;
+  }
+
+  /** Store a `[out, in]` weight transposed to `[in, out]`, so `MatMul(x, w)` computes `W x`. */
+  transposedWeight(name: string, t: Tensor): string {
+    const [rows, cols] = t.dims;
+    const out = new Float32Array(rows * cols);
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) out[c * rows + r] = t.data[r * cols + c];
+    }
+    return this.float(name, [cols, rows], out);
+  }
+}
+
+/**
+ * Build the ONNX model bytes of the decoder described by `weights`.
+ *
+ * Shapes (batch is dynamic): `input_ids`, `position_ids` int64 `[batch, seq]`;
+ * `attention_mask` int64 `[batch, past + seq]` with 0 for masked keys; past and present
+ * float32 `[batch, kvHeads, len, headDim]`; `logits` float32 `[batch, seq, vocab]`.
+ */
+export function buildLlamaOnnx(weights: LlamaWeights, options: LlamaGraphOptions = {}): Uint8Array {
+  const config = weights.config;
+  const maxPositions = options.maxPositions ?? config.contextLength;
+  if (!Number.isInteger(maxPositions) || maxPositions < 1) {
+    throw new RangeError(`Cannot build the RoPE table: current maxPositions is ${maxPositions}; expected a positive integer`);
+  }
+  const rotaryDim = config.rope.dim;
+  if (rotaryDim % 2 !== 0 || rotaryDim > config.headDim || rotaryDim < 2) {
+    throw new RangeError(
+      `Cannot build the RoPE table: current rope.dim is ${rotaryDim}; expected an even number from 2 to headDim ${config.headDim}`,
+    );
+  }
+  if (config.nHeads % config.nKvHeads !== 0) {
+    throw new RangeError(
+      `Cannot group query heads: current nHeads ${config.nHeads} is not a multiple of nKvHeads ${config.nKvHeads}`,
+    );
+  }
+
+  const g = new GraphBuilder();
+  const shared = addSharedValues(g, weights, maxPositions);
+
+  let hidden = g.op("Gather", [g.float("token_embedding", weights.tokenEmbedding.dims, weights.tokenEmbedding.data), "input_ids"]);
+  weights.layers.forEach((layer, i) => {
+    hidden = addBlock(g, weights, layer, i, hidden, shared);
+  });
+  const normed = addRmsNorm(g, hidden, g.float("output_norm", weights.outputNorm.dims, weights.outputNorm.data), shared);
+  g.op("MatMul", [normed, g.transposedWeight("output_weight_t", weights.output)], [], "logits");
+
+  return encodeModel({
+    irVersion: IR_VERSION,
+    producerName: "sinkstream",
+    opsetImports: [{ domain: "", version: OPSET_VERSION }],
+    graph: {
+      name: `${config.architecture}_decoder`,
+      nodes: g.nodes,
+      initializers: g.initializers,
+      inputs: graphInputs(weights),
+      outputs: graphOutputs(weights),
+    },
+  });
+}
+
+function graphInputs(weights: LlamaWeights): ValueInfoInit[] {
+  const { nKvHeads, headDim } = weights.config;
+  const inputs: ValueInfoInit[] = [
+    { name: "input_ids", elemType: DataType.INT64, shape: ["batch_size", "sequence_length"] },
+    { name: "attention_mask", elemType: DataType.INT64, shape: ["batch_size", "total_sequence_length"] },
+    { name: "position_ids", elemType: DataType.INT64, shape: ["batch_size", "sequence_length"] },
+  ];
+  for (let i = 0; i < weights.layers.length; i++) {
+    for (const kind of ["key", "value"] as const) {
+      inputs.push({
+        name: pastName(i, kind),
+        elemType: DataType.FLOAT,
+        shape: ["batch_size", nKvHeads, "past_sequence_length", headDim],
+      });
+    }
+  }
+  return inputs;
+}
+
+function graphOutputs(weights: LlamaWeights): ValueInfoInit[] {
+  const { nKvHeads, headDim, vocabSize } = weights.config;
+  const outputs: ValueInfoInit[] = [
+    { name: "logits", elemType: DataType.FLOAT, shape: ["batch_size", "sequence_length", vocabSize] },
+  ];
+  for (let i = 0; i < weights.layers.length; i++) {
+    for (const kind of ["key", "value"] as const) {
+      outputs.push({
+        name: presentName(i, kind),
+        elemType: DataType.FLOAT,
+        shape: ["batch_size", nKvHeads, "total_sequence_length", headDim],
+      });
+    }
+  }
+  return outputs;
+}
+
+/** Values computed once and read by every block. */
+interface SharedValues {
+  eps: string;
+  two: string;
+  /** cos and sin of the rotary angles at `position_ids`, shaped to broadcast over heads. */
+  cos: string;
+  sin: string;
+  /** bool `[batch, 1, group * seq, past + seq]`: true where a query may attend to a key. */
+  allowed: string;
+  maskedScore: string;
+  scale: string;
+}
+
+function addSharedValues(g: GraphBuilder, weights: LlamaWeights, maxPositions: number): SharedValues {
+  const { rope, nHeads, nKvHeads, headDim, rmsNormEps } = weights.config;
+  const half = rope.dim / 2;
+
+  // RoPE table: angle = position * invFreq[i] in f64, rounded to f32 only when stored.
+  const cosTable = new Float64Array(maxPositions * half);
+  const sinTable = new Float64Array(maxPositions * half);
+  for (let pos = 0; pos < maxPositions; pos++) {
+    for (let i = 0; i < half; i++) {
+      const angle = pos * rope.invFreq[i];
+      cosTable[pos * half + i] = Math.cos(angle);
+      sinTable[pos * half + i] = Math.sin(angle);
+    }
+  }
+  const cosRows = g.op("Gather", [g.float("rope_cos", [maxPositions, half], cosTable), "position_ids"]); // [b, s, half]
+  const sinRows = g.op("Gather", [g.float("rope_sin", [maxPositions, half], sinTable), "position_ids"]);
+  // adjacent: x is viewed as [b, h, s, half, 2], so the table needs [b, 1, s, half, 1];
+  // halves: x splits into two [b, h, s, half] parts, so the table needs [b, 1, s, half].
+  const axes = g.int64("rope_unsqueeze_axes", [rope.layout === "adjacent" ? 2 : 1], rope.layout === "adjacent" ? [1, 4] : [1]);
+  const cos = g.op("Unsqueeze", [cosRows, axes]);
+  const sin = g.op("Unsqueeze", [sinRows, axes]);
+
+  // Causal mask from the shapes: query t (of seq) attends to key j (of past + seq) iff j <= past + t.
+  const zero = g.int64("zero", [], [0]);
+  const one = g.int64("one", [], [1]);
+  const seqLength = g.op("Gather", [g.op("Shape", ["input_ids"]), one]);
+  const totalLength = g.op("Gather", [g.op("Shape", ["attention_mask"]), one]);
+  const pastLength = g.op("Sub", [totalLength, seqLength]);
+  const queryPositions = g.op("Range", [zero, seqLength, one]); // [s]
+  // Query rows are ordered (group, t) after the grouped-query reshape, so repeat t per group.
+  const groupedPositions = g.op("Tile", [queryPositions, g.int64("group_repeats", [1], [nHeads / nKvHeads])]);
+  const lastVisibleKey = g.op("Add", [groupedPositions, pastLength]); // [group * s]
+  const limit = g.op("Unsqueeze", [g.op("Add", [lastVisibleKey, one]), g.int64("axis_last", [1], [1])]); // [group * s, 1]
+  const keyPositions = g.op("Range", [zero, totalLength, one]); // [past + s]
+  const causal = g.op("Less", [keyPositions, limit]); // [group * s, past + s]
+  const keyAllowed = g.op("Unsqueeze", [
+    g.op("Cast", ["attention_mask"], [{ name: "to", type: "int", value: DataType.BOOL }]),
+    g.int64("mask_axes", [2], [1, 2]),
+  ]); // [b, 1, 1, past + s]
+  const allowed = g.op("And", [causal, keyAllowed]);
+
+  return {
+    eps: g.float("rms_norm_eps", [], [rmsNormEps]),
+    two: g.float("two", [], [2]),
+    cos,
+    sin,
+    allowed,
+    maskedScore: g.float("masked_score", [], [MASKED_SCORE]),
+    scale: g.float("attention_scale", [], [1 / Math.sqrt(headDim)]),
+  };
+}
+
+/** RMSNorm over the last axis: x / sqrt(mean(x^2) + eps) * weight. */
+function addRmsNorm(g: GraphBuilder, x: string, weight: string, shared: SharedValues): string {
+  const meanSquare = g.op("ReduceMean", [g.op("Pow", [x, shared.two])], [
+    { name: "axes", type: "ints", value: [-1] },
+    { name: "keepdims", type: "int", value: 1 },
+  ]);
+  const rms = g.op("Sqrt", [g.op("Add", [meanSquare, shared.eps])]);
+  return g.op("Mul", [g.op("Div", [x, rms]), weight]);
+}
+
+/** Project `x` with a `[out, in]` weight and optional bias. */
+function addLinear(g: GraphBuilder, x: string, name: string, weight: Tensor, bias?: Tensor): string {
+  const y = g.op("MatMul", [x, g.transposedWeight(`${name}_weight_t`, weight)]);
+  return bias ? g.op("Add", [y, g.float(`${name}_bias`, bias.dims, bias.data)]) : y;
+}
+
+/** Reshape `[b, s, heads * headDim]` to `[b, heads, s, headDim]`. */
+function splitHeads(g: GraphBuilder, x: string, heads: number, headDim: number): string {
+  const shape = g.sharedInt64(`heads_shape_${heads}`, [4], [0, 0, heads, headDim]);
+  return g.op("Transpose", [g.op("Reshape", [x, shape])], [{ name: "perm", type: "ints", value: [0, 2, 1, 3] }]);
+}
+
+/** Rotate the first `rope.dim` dims of `[b, heads, s, headDim]` by the shared cos/sin. */
+function addRope(g: GraphBuilder, weights: LlamaWeights, x: string, shared: SharedValues): string {
+  const { rope, headDim } = weights.config;
+  const half = rope.dim / 2;
+  let rotated = x;
+  let passThrough: string | undefined;
+  if (rope.dim < headDim) {
+    [rotated, passThrough] = g.opMulti("Split", [x, g.sharedInt64("rope_split", [2], [rope.dim, headDim - rope.dim])], 2, [
+      { name: "axis", type: "int", value: -1 },
+    ]);
+  }
+
+  let first: string;
+  let second: string;
+  if (rope.layout === "adjacent") {
+    // Pairs (2i, 2i+1): view as [b, h, s, half, 2] and take the two columns.
+    const pairs = g.op("Reshape", [rotated, g.sharedInt64("rope_pairs_shape", [5], [0, 0, 0, half, 2])]);
+    [first, second] = g.opMulti("Split", [pairs, g.sharedInt64("rope_pair_split", [2], [1, 1])], 2, [
+      { name: "axis", type: "int", value: -1 },
+    ]);
+  } else {
+    // Pairs (i, i + half): the two halves of the rotated dims.
+    [first, second] = g.opMulti("Split", [rotated, g.sharedInt64("rope_half_split", [2], [half, half])], 2, [
+      { name: "axis", type: "int", value: -1 },
+    ]);
+  }
+  const newFirst = g.op("Sub", [g.op("Mul", [first, shared.cos]), g.op("Mul", [second, shared.sin])]);
+  const newSecond = g.op("Add", [g.op("Mul", [second, shared.cos]), g.op("Mul", [first, shared.sin])]);
+  let result = g.op("Concat", [newFirst, newSecond], [{ name: "axis", type: "int", value: -1 }]);
+  if (rope.layout === "adjacent") {
+    result = g.op("Reshape", [result, g.sharedInt64("rope_merge_shape", [4], [0, 0, 0, rope.dim])]);
+  }
+  if (passThrough) result = g.op("Concat", [result, passThrough], [{ name: "axis", type: "int", value: -1 }]);
+  return result;
+}
+
+/** Add one transformer block and return its output `[b, s, nEmbd]`. */
+function addBlock(
+  g: GraphBuilder,
+  weights: LlamaWeights,
+  layer: LlamaLayerWeights,
+  index: number,
+  hidden: string,
+  shared: SharedValues,
+): string {
+  const { nHeads, nKvHeads, headDim } = weights.config;
+  const p = `layer${index}`;
+
+  // Attention.
+  const x = addRmsNorm(g, hidden, g.float(`${p}_attn_norm`, layer.attnNorm.dims, layer.attnNorm.data), shared);
+  const q = addRope(g, weights, splitHeads(g, addLinear(g, x, `${p}_q`, layer.wq, layer.bq), nHeads, headDim), shared);
+  const k = addRope(g, weights, splitHeads(g, addLinear(g, x, `${p}_k`, layer.wk, layer.bk), nKvHeads, headDim), shared);
+  const v = splitHeads(g, addLinear(g, x, `${p}_v`, layer.wv, layer.bv), nKvHeads, headDim);
+  const keys = g.op("Concat", [pastName(index, "key"), k], [{ name: "axis", type: "int", value: 2 }], presentName(index, "key"));
+  const values = g.op("Concat", [pastName(index, "value"), v], [{ name: "axis", type: "int", value: 2 }], presentName(index, "value"));
+
+  // Grouped-query attention without repeating K/V: query heads kv*group .. kv*group+group-1
+  // share kv head `kv`, so [b, heads, s, hd] is viewed as [b, kvHeads, group * s, hd].
+  const groupedShape = g.sharedInt64("grouped_query_shape", [4], [0, nKvHeads, -1, headDim]);
+  const groupedQuery = g.op("Reshape", [g.op("Mul", [q, shared.scale]), groupedShape]);
+  const keysT = g.op("Transpose", [keys], [{ name: "perm", type: "ints", value: [0, 1, 3, 2] }]);
+  const scores = g.op("MatMul", [groupedQuery, keysT]); // [b, kv, group * s, past + s]
+  const masked = g.op("Where", [shared.allowed, scores, shared.maskedScore]);
+  const probs = g.op("Softmax", [masked], [{ name: "axis", type: "int", value: -1 }]);
+  const context = g.op("MatMul", [probs, values]); // [b, kv, group * s, hd]
+  const headsShape = g.sharedInt64("heads_merged_shape", [4], [0, nHeads, -1, headDim]);
+  const perToken = g.op("Transpose", [g.op("Reshape", [context, headsShape])], [
+    { name: "perm", type: "ints", value: [0, 2, 1, 3] },
+  ]); // [b, s, heads, hd]
+  const flatShape = g.sharedInt64("flat_heads_shape", [3], [0, 0, nHeads * headDim]);
+  const attnOut = addLinear(g, g.op("Reshape", [perToken, flatShape]), `${p}_o`, layer.wo);
+  const afterAttn = g.op("Add", [hidden, attnOut]);
+
+  // SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
+  const y = addRmsNorm(g, afterAttn, g.float(`${p}_ffn_norm`, layer.ffnNorm.dims, layer.ffnNorm.data), shared);
+  const gate = addLinear(g, y, `${p}_gate`, layer.wGate);
+  const up = addLinear(g, y, `${p}_up`, layer.wUp);
+  const silu = g.op("Mul", [gate, g.op("Sigmoid", [gate])]);
+  const down = addLinear(g, g.op("Mul", [silu, up]), `${p}_down`, layer.wDown);
+  return g.op("Add", [afterAttn, down]);
+}
