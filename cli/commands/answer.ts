@@ -1,0 +1,74 @@
+/** `sinkstream summarize` and `sinkstream ask`: answer a request about a stream read from stdin. */
+
+import { type Command, Option } from "commander";
+import type { Request } from "../../core/prompt.ts";
+import { Sampler } from "../../core/sampler.ts";
+import { readLines } from "../../core/text_lines.ts";
+import { type Answer, runAnswerStream } from "../../pipelines/answer_stream.ts";
+import { stdinBytes, writeStdout } from "../io.ts";
+import { addModelOptions, type ModelOptions, openModel, openSession, parseWholeNumber } from "../options.ts";
+import { ProgressReporter } from "../progress.ts";
+
+/** Add the `summarize` and `ask` commands to the program. */
+export function registerAnswerCommands(program: Command): void {
+  addModelOptions(
+    program
+      .command("summarize")
+      .description("read standard input to its end and summarize what the cache holds")
+      .addOption(new Option("--every <lines>", "also summarize every N input lines").argParser(parseWholeNumber("line count", 1))),
+  ).action((options) => answerCommand({ kind: "summary" }, options));
+
+  addModelOptions(
+    program
+      .command("ask")
+      .description("read standard input to its end and answer a question about what the cache holds")
+      .argument("<question>", "the question")
+      .addOption(new Option("--every <lines>", "also answer every N input lines").argParser(parseWholeNumber("line count", 1))),
+  ).action((question: string, options) => answerCommand({ kind: "answer", question }, options));
+}
+
+async function answerCommand(request: Request, options: ModelOptions & { every?: number }): Promise<void> {
+  const { model } = await openModel(options);
+  const session = await openSession(model, options);
+  const progress = new ProgressReporter(session, { quiet: options.quiet });
+  const sampler = new Sampler({ temperature: options.temperature, seed: options.seed });
+  let pendingWrite: Promise<void> = Promise.resolve();
+  const write = (text: string) => {
+    pendingWrite = pendingWrite.then(() => writeStdout(text));
+  };
+
+  await runAnswerStream(model, session, readLines(stdinBytes()), {
+    request,
+    every: options.every,
+    maxTokens: options.maxTokens,
+    sampler,
+    onProgress: (lines) => progress.update(lines),
+    onAnswerStart: (answer) => {
+      progress.clear();
+      if (!options.json && options.every) write(`[after ${answer.lines} lines${answer.final ? ", end of input" : ""}]\n`);
+    },
+    onAnswerText: (text) => {
+      if (!options.json) write(text);
+    },
+    onAnswer: (answer: Answer) => {
+      if (options.json) {
+        const record: Record<string, unknown> = {
+          type: answer.kind,
+          final: answer.final,
+          lines: answer.lines,
+          tokens: answer.tokens,
+          cache_tokens: answer.cacheTokens,
+        };
+        if (request.kind === "answer") record.question = request.question;
+        record.text = answer.text;
+        write(JSON.stringify(record) + "\n");
+      } else {
+        write(answer.text.endsWith("\n") ? "\n" : "\n\n");
+      }
+    },
+  });
+  await pendingWrite;
+  if (options.json) await writeStdout(JSON.stringify({ type: "stats", ...progress.summary() }) + "\n");
+  else if (!options.quiet) progress.printSummary();
+}
+

@@ -1,0 +1,97 @@
+/**
+ * Options and set-up shared by every command that runs a model: option parsers, the model
+ * options, and loading of the model and its streaming session.
+ */
+
+import process from "node:process";
+import type { Command } from "commander";
+import { UsageError } from "../core/errors.ts";
+import { createSession, DEFAULT_MODEL, type LoadedModel, loadModel } from "../core/model.ts";
+import type { StreamingSession } from "../core/session.ts";
+import { writeStderr } from "./io.ts";
+
+/** Options shared by every command that runs a model. */
+export interface ModelOptions {
+  model: string;
+  sinks?: number;
+  window?: number;
+  chunk?: number;
+  maxTokens: number;
+  temperature: number;
+  seed: number;
+  json?: boolean;
+  threads: number;
+  offline?: boolean;
+  quiet?: boolean;
+  debug?: boolean;
+}
+
+export function parseWholeNumber(name: string, minimum: number) {
+  return (value: string): number => {
+    const number = Number(value);
+    if (!/^\s*-?\d+\s*$/.test(value) || !Number.isSafeInteger(number) || number < minimum) {
+      throw new UsageError(`Invalid ${name}: current value is ${JSON.stringify(value)}; use a whole number ≥ ${minimum}`);
+    }
+    return number;
+  };
+}
+
+export function parseNonNegative(name: string) {
+  return (value: string): number => {
+    const number = Number(value);
+    if (value.trim() === "" || !Number.isFinite(number) || number < 0) {
+      throw new UsageError(`Invalid ${name}: current value is ${JSON.stringify(value)}; use a number ≥ 0`);
+    }
+    return number;
+  };
+}
+
+export function addModelOptions(command: Command): Command {
+  return command
+    .option("-m, --model <path>", "GGUF model file, or a hub file id org/name/file.gguf[@revision]", DEFAULT_MODEL)
+    .option("--sinks <n>", "sink tokens kept forever (default: 4)", parseWholeNumber("sink count", 0))
+    .option(
+      "--window <n>",
+      "recent tokens kept besides the sinks (default: min(1020, context length - sinks))",
+      parseWholeNumber("window size", 0),
+    )
+    .option("--chunk <n>", "maximum tokens per forward pass while ingesting (default: 32; 1 is exact per-token)", parseWholeNumber("chunk size", 0))
+    .option("-n, --max-tokens <n>", "maximum tokens to generate per answer", parseWholeNumber("token limit", 0), 128)
+    .option("-t, --temperature <t>", "sampling temperature, 0 for greedy", parseNonNegative("temperature"), 0)
+    .option("--seed <n>", "seed of the sampler", parseWholeNumber("seed", 0), 0)
+    .option("--json", "write NDJSON records to standard output")
+    .option("--threads <n>", "ONNX Runtime threads", parseWholeNumber("thread count", 1), 1)
+    .option("--offline", "never download; use only local files and the cache")
+    .option("-q, --quiet", "print no progress or statistics on standard error")
+    .option("--debug", "print stack traces of errors");
+}
+
+export async function openModel(options: ModelOptions): Promise<{ model: LoadedModel }> {
+  let lastDraw = 0;
+  const model = await loadModel(options.model, {
+    offline: options.offline,
+    numThreads: options.threads,
+    maxPositions: (options.sinks ?? 4) + (options.window ?? 0),
+    onProgress: (progress) => {
+      if (options.quiet || !process.stderr.isTTY) return;
+      const now = performance.now();
+      if (now - lastDraw < 200 && progress.receivedBytes !== progress.totalBytes) return;
+      lastDraw = now;
+      const total = progress.totalBytes ? ` of ${(progress.totalBytes / 2 ** 20).toFixed(1)} MiB` : "";
+      writeStderr(`\r\x1b[Kdownloading ${progress.file}: ${(progress.receivedBytes / 2 ** 20).toFixed(1)} MiB${total}`);
+      if (progress.receivedBytes === progress.totalBytes) writeStderr("\n");
+    },
+  });
+  return { model };
+}
+
+export async function openSession(model: LoadedModel, options: ModelOptions): Promise<StreamingSession> {
+  const { session, warning } = await createSession(model, {
+    sinks: options.sinks,
+    window: options.window,
+    chunkSize: options.chunk,
+  });
+  if (warning && !options.quiet) writeStderr(`sinkstream: warning: ${warning}\n`);
+  return session;
+}
+
