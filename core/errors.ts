@@ -13,6 +13,7 @@ export const ExitCode = {
   model: 3,
   input: 4,
   network: 5,
+  state: 6,
 } as const;
 
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
@@ -49,5 +50,21 @@ export class NetworkError extends SinkstreamError {
   constructor(message: string) {
     super(message, ExitCode.network);
     this.name = "NetworkError";
+  }
+}
+
+/** A saved stream state that is unreadable, damaged or made for another model or cache. */
+export class StateError extends SinkstreamError {
+  constructor(message: string) {
+    super(message, ExitCode.state);
+    this.name = "StateError";
+  }
+}
+
+/** Input that cannot be read: a missing file to follow, a read that failed. */
+export class InputError extends SinkstreamError {
+  constructor(message: string) {
+    super(message, ExitCode.input);
+    this.name = "InputError";
   }
 }

@@ -23,7 +23,8 @@
  */
 
 import { readFile } from "node:fs/promises";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { embeddedFiles } from "./embedded_files.ts";
 import type { RopeConfig } from "./types.ts";
 
 /** Sizes of a KV cache. */
@@ -75,6 +76,8 @@ interface KernelExports {
   kv_set_simd(handle: number, enabled: number): number;
   kv_query(handle: number, query: number): number;
   kv_entered_at(handle: number, index: number): number;
+  kv_export_state(handle: number, out: number, bytes: number): number;
+  kv_import_state(handle: number, input: number, bytes: number): number;
 }
 
 /** Status codes of the kernel (`Status` in `wasm/src/lib.rs`). */
@@ -96,6 +99,7 @@ const Status = {
   notStaged: 14,
   noSnapshot: 15,
   corrupted: 16,
+  invalidState: 17,
 } as const;
 
 /** Selectors of `kv_query` (`Query` in `wasm/src/lib.rs`). */
@@ -107,6 +111,7 @@ const Query = {
   totalEvicted: 4,
   totalCommitted: 5,
   maxIncoming: 6,
+  stateBytes: 7,
 } as const;
 
 const LAYOUT_CODES = { adjacent: 0, halves: 1 } as const;
@@ -119,6 +124,12 @@ const MAX_CAPACITY = 0x7fff_ffff;
 
 /** Default location of the kernel: `wasm/pkg/` of the project that contains this module. */
 const DEFAULT_WASM_URL = new URL("../wasm/pkg/sinkstream_kv.wasm", import.meta.url);
+
+/** Returns the kernel embedded in a single binary, or {@linkcode DEFAULT_WASM_URL} from source. */
+function defaultKernelUrl(): URL {
+  const embedded = embeddedFiles().kvKernel;
+  return embedded === undefined ? DEFAULT_WASM_URL : pathToFileURL(embedded);
+}
 
 /** Returns a description of the kernel's status code, for error messages. */
 function describeStatus(status: number): string {
@@ -181,9 +192,9 @@ export class KvKernel {
    * does not work in every runtime.
    *
    * @param url Location of `sinkstream_kv.wasm`.
-   * @default url `../wasm/pkg/sinkstream_kv.wasm` relative to this module
+   * @default url the file embedded in a Bun binary, else `../wasm/pkg/sinkstream_kv.wasm` relative to this module
    */
-  static async load(url: URL = DEFAULT_WASM_URL): Promise<void> {
+  static async load(url: URL = defaultKernelUrl()): Promise<void> {
     if (KvKernel.#module !== undefined) return;
     const path = fileURLToPath(url);
     let bytes: Uint8Array<ArrayBuffer>;
@@ -540,6 +551,64 @@ export class KvKernel {
     }
     if (status !== Status.ok) {
       throw new Error(`Failed to restore the KV cache: the kernel returned ${describeStatus(status)}`);
+    }
+  }
+
+  /**
+   * Returns the whole cache state as bytes: sizes, counters, positions, keys and values (the
+   * layout is documented in `wasm/src/state.rs`). The snapshot of `snapshot()` is not included.
+   */
+  exportState(): Uint8Array {
+    const handle = this.#live();
+    const exports = this.#exports;
+    const bytes = this.#query(Query.stateBytes);
+    const buffer = exports.kv_alloc(bytes) >>> 0;
+    if (buffer === 0) {
+      throw new RangeError(`Failed to allocate ${bytes} bytes of wasm memory to export the KV cache state`);
+    }
+    try {
+      const status = exports.kv_export_state(handle, buffer, bytes);
+      if (status !== Status.ok) {
+        throw new Error(`Failed to export the KV cache state: the kernel returned ${describeStatus(status)}`);
+      }
+      return new Uint8Array(exports.memory.buffer, buffer, bytes).slice();
+    } finally {
+      exports.kv_dealloc(buffer, bytes);
+    }
+  }
+
+  /**
+   * Replaces the cache state with bytes from `exportState` of a cache with the same sizes and
+   * RoPE settings, and drops appends not yet committed. On failure the cache is unchanged.
+   *
+   * @throws RangeError when the bytes were exported by a cache of other sizes, or are damaged
+   */
+  importState(state: Uint8Array): void {
+    const handle = this.#live();
+    const exports = this.#exports;
+    const expected = this.#query(Query.stateBytes);
+    if (state.length !== expected) {
+      throw new RangeError(
+        `Failed to import the KV cache state: current length is ${state.length} bytes; a cache of these sizes needs ${expected}`,
+      );
+    }
+    const buffer = exports.kv_alloc(state.length) >>> 0;
+    if (buffer === 0) {
+      throw new RangeError(`Failed to allocate ${state.length} bytes of wasm memory to import the KV cache state`);
+    }
+    try {
+      new Uint8Array(exports.memory.buffer, buffer, state.length).set(state);
+      const status = exports.kv_import_state(handle, buffer, state.length);
+      if (status === Status.invalidState) {
+        throw new RangeError(
+          "Failed to import the KV cache state: its sizes, version or counters do not match this cache; export it from a cache created with the same options",
+        );
+      }
+      if (status !== Status.ok) {
+        throw new Error(`Failed to import the KV cache state: the kernel returned ${describeStatus(status)}`);
+      }
+    } finally {
+      exports.kv_dealloc(buffer, state.length);
     }
   }
 

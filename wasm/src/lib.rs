@@ -18,6 +18,7 @@
 
 pub mod ring;
 pub mod rope;
+pub mod state;
 
 pub use ring::{KvRing, RingConfig};
 pub use rope::{RopeLayout, RopeTable};
@@ -63,6 +64,8 @@ pub enum Status {
     NoSnapshot = 15,
     /// A stored position lies outside the RoPE table; the ring state is inconsistent.
     Corrupted = 16,
+    /// Imported state bytes have the wrong length, version or sizes, or inconsistent counters.
+    InvalidState = 17,
 }
 
 impl Status {
@@ -351,6 +354,8 @@ pub enum Query {
     TotalCommitted = 5,
     /// Largest chunk `kv_evict_for` can make room for.
     MaxIncoming = 6,
+    /// Bytes that `kv_export_state` writes.
+    StateBytes = 7,
 }
 
 /// Returns the count selected by `query` (see [`Query`]) as f64, exact below 2^53; -1 for a
@@ -373,6 +378,7 @@ pub unsafe extern "C" fn kv_query(handle: *mut KvRing, query: u32) -> f64 {
         4 => ring.total_evicted() as f64,
         5 => ring.total_committed() as f64,
         6 => ring.max_incoming() as f64,
+        7 => ring.state_bytes() as f64,
         _ => -1.0,
     }
 }
@@ -390,6 +396,48 @@ pub unsafe extern "C" fn kv_entered_at(handle: *mut KvRing, index: u32) -> i32 {
         Some(position) => position as i32,
         None => -1,
     }
+}
+
+/// Writes the whole cache state (see [`state`]) to `out`, which must hold exactly
+/// `kv_query(handle, 7)` bytes; returns a [`Status`] code.
+///
+/// # Safety
+/// `handle` must be null or a live handle from `kv_create`, and `out` must point to `bytes`
+/// writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn kv_export_state(handle: *mut KvRing, out: *mut u8, bytes: usize) -> i32 {
+    // SAFETY: forwarded from the caller's contract.
+    let ring = match unsafe { ring(handle) } {
+        Some(ring) => ring,
+        None => return Status::NullPointer as i32,
+    };
+    if out.is_null() {
+        return Status::NullPointer as i32;
+    }
+    // SAFETY: the caller guarantees `bytes` writable bytes at the non-null `out`.
+    let out = unsafe { std::slice::from_raw_parts_mut(out, bytes) };
+    Status::code(ring.export_state(out))
+}
+
+/// Replaces the cache state with `bytes` bytes from `kv_export_state` of a ring with the same
+/// sizes; returns a [`Status`] code and leaves the ring unchanged on failure.
+///
+/// # Safety
+/// `handle` must be null or a live handle from `kv_create`, and `input` must point to `bytes`
+/// readable bytes that do not overlap the ring's buffers.
+#[no_mangle]
+pub unsafe extern "C" fn kv_import_state(handle: *mut KvRing, input: *const u8, bytes: usize) -> i32 {
+    // SAFETY: forwarded from the caller's contract.
+    let ring = match unsafe { ring(handle) } {
+        Some(ring) => ring,
+        None => return Status::NullPointer as i32,
+    };
+    if input.is_null() {
+        return Status::NullPointer as i32;
+    }
+    // SAFETY: the caller guarantees `bytes` readable bytes at the non-null `input`.
+    let input = unsafe { std::slice::from_raw_parts(input, bytes) };
+    Status::code(ring.import_state(input))
 }
 
 #[cfg(test)]

@@ -30,23 +30,23 @@ pub struct RingConfig {
 
 /// The part of a ring that `snapshot` saves and `restore` brings back.
 #[derive(Clone, Debug)]
-struct RingState {
+pub(crate) struct RingState {
     /// Keys as emitted by the model, `(layer, kv_head, slot, head_dim)` f32.
-    keys: Vec<f32>,
+    pub(crate) keys: Vec<f32>,
     /// Values, `(layer, kv_head, slot, head_dim)` f32.
-    values: Vec<f32>,
+    pub(crate) values: Vec<f32>,
     /// Position `p0` each slot's entry entered the cache with, `(slot)`.
-    entered_at: Vec<u32>,
+    pub(crate) entered_at: Vec<u32>,
     /// Number of sink slots in use; the window stays empty until this equals `sinks`.
-    sinks_filled: usize,
+    pub(crate) sinks_filled: usize,
     /// Ring index (`0..window`) of the oldest window entry.
-    window_start: usize,
+    pub(crate) window_start: usize,
     /// Number of window entries, `0..=window`.
-    window_len: usize,
+    pub(crate) window_len: usize,
     /// Number of entries evicted since creation.
-    total_evicted: u64,
+    pub(crate) total_evicted: u64,
     /// Number of entries committed since creation.
-    total_committed: u64,
+    pub(crate) total_committed: u64,
 }
 
 /// Marker in `KvRing::staged` for a layer with no pending append.
@@ -145,6 +145,26 @@ impl KvRing {
     /// Sizes the ring was created with.
     pub fn config(&self) -> &RingConfig {
         &self.config
+    }
+
+    /// Number of f32 elements in the keys (or the values) of all layers and slots.
+    pub(crate) fn storage_len(&self) -> usize {
+        self.state.keys.len()
+    }
+
+    /// Returns the live cache state, for `export_state`.
+    pub(crate) fn state_parts(&self) -> &RingState {
+        &self.state
+    }
+
+    /// Returns the live cache state mutably, for `import_state`.
+    pub(crate) fn state_parts_mut(&mut self) -> &mut RingState {
+        &mut self.state
+    }
+
+    /// Drops pending appends.
+    pub(crate) fn clear_staged(&mut self) {
+        self.staged.fill(NOT_STAGED);
     }
 
     /// Number of slots: sinks plus window.

@@ -25,6 +25,14 @@ impl RopeLayout {
             _ => Err(Status::InvalidLayout),
         }
     }
+
+    /// Returns the layout code of the C interface, the inverse of `from_code`.
+    pub fn code(self) -> u32 {
+        match self {
+            RopeLayout::Adjacent => 0,
+            RopeLayout::Halves => 1,
+        }
+    }
 }
 
 /// Cos/sin values of every rotation delta in `-max_delta..=max_delta`.

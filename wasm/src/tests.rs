@@ -467,3 +467,133 @@ fn million_tokens_no_drift_adjacent() {
 fn million_tokens_no_drift_halves() {
     check_no_drift(RopeLayout::Halves, 12);
 }
+
+#[test]
+fn import_state_resumes_identically() {
+    let mut original = plain_ring(2, 2, 5);
+    push_ids(&mut original, 0, 4);
+    push_ids(&mut original, 4, 5);
+    let mut bytes = vec![0u8; original.state_bytes()];
+    original.export_state(&mut bytes).unwrap();
+
+    let mut resumed = plain_ring(2, 2, 5);
+    resumed.import_state(&bytes).unwrap();
+    assert_eq!(resumed.len(), original.len());
+    assert_eq!(resumed.total_evicted(), original.total_evicted());
+    assert_eq!(resumed.total_committed(), original.total_committed());
+
+    // Both rings must evict and hand over the same entries from here on, across wrap-around.
+    for step in 0..4 {
+        let first = 9 + step * 3;
+        push_ids(&mut original, first, 3);
+        push_ids(&mut resumed, first, 3);
+        for layer in 0..2 {
+            assert_eq!(past_ids(&mut resumed, layer), past_ids(&mut original, layer));
+        }
+    }
+}
+
+#[test]
+fn import_state_keeps_rotated_keys_exact() {
+    let config = RingConfig {
+        layers: 1,
+        kv_heads: 1,
+        head_dim: 4,
+        sinks: 1,
+        window: 3,
+        rope_dim: 4,
+        layout: RopeLayout::Adjacent,
+    };
+    let freq = inv_freq(4, 10000.0);
+    let mut original = KvRing::new(config, &freq).unwrap();
+    for token in 0..6 {
+        original.evict_for(1).unwrap();
+        let (keys, values) = original.staging_mut();
+        for d in 0..4 {
+            keys[d] = token as f32 + 0.25 * d as f32;
+            values[d] = -(token as f32);
+        }
+        original.append(0, 1).unwrap();
+        original.commit(1).unwrap();
+    }
+    let mut bytes = vec![0u8; original.state_bytes()];
+    original.export_state(&mut bytes).unwrap();
+    let mut resumed = KvRing::new(config, &freq).unwrap();
+    resumed.import_state(&bytes).unwrap();
+
+    original.prepare_past().unwrap();
+    resumed.prepare_past().unwrap();
+    let (keys, values) = original.past(0).unwrap();
+    let (resumed_keys, resumed_values) = resumed.past(0).unwrap();
+    assert_eq!(resumed_keys, keys);
+    assert_eq!(resumed_values, values);
+}
+
+#[test]
+fn import_state_rejects_other_sizes_and_damage() {
+    let mut original = plain_ring(2, 2, 5);
+    push_ids(&mut original, 0, 7);
+    let mut bytes = vec![0u8; original.state_bytes()];
+    original.export_state(&mut bytes).unwrap();
+
+    let mut wrong_length = vec![0u8; bytes.len()];
+    assert_eq!(original.export_state(&mut wrong_length[1..]), Err(Status::InvalidState));
+
+    // Same byte count, other split between sinks and window.
+    let mut other_sizes = plain_ring(2, 3, 4);
+    assert_eq!(other_sizes.state_bytes(), bytes.len());
+    assert_eq!(other_sizes.import_state(&bytes), Err(Status::InvalidState));
+
+    let mut target = plain_ring(2, 2, 5);
+    assert_eq!(target.import_state(&bytes[1..]), Err(Status::InvalidState));
+
+    let mut bad_version = bytes.clone();
+    bad_version[0] = 99;
+    assert_eq!(target.import_state(&bad_version), Err(Status::InvalidState));
+
+    // window_len (word 10) larger than the window.
+    let mut bad_length = bytes.clone();
+    bad_length[40..44].copy_from_slice(&6u32.to_le_bytes());
+    assert_eq!(target.import_state(&bad_length), Err(Status::InvalidState));
+
+    // An entry that claims to have entered at a position beyond the capacity.
+    let mut bad_position = bytes.clone();
+    bad_position[64..68].copy_from_slice(&7u32.to_le_bytes());
+    assert_eq!(target.import_state(&bad_position), Err(Status::InvalidState));
+
+    // The newest window entry (index 6, slot 6) claiming to have entered at a lower position
+    // than its current one.
+    let mut bad_position = bytes.clone();
+    bad_position[64 + 6 * 4..64 + 7 * 4].copy_from_slice(&5u32.to_le_bytes());
+    assert_eq!(target.import_state(&bad_position), Err(Status::InvalidState));
+    assert_eq!(target.len(), 0);
+}
+
+#[test]
+fn c_interface_exports_and_imports_state() {
+    let mut ring = plain_ring(1, 1, 2);
+    push_ids(&mut ring, 0, 3);
+    let bytes = ring.state_bytes();
+    let mut buffer = vec![0u8; bytes];
+    let handle: *mut KvRing = &mut ring;
+    // SAFETY: `handle` points to a live ring and `buffer` has `bytes` writable bytes.
+    unsafe {
+        assert_eq!(kv_query(handle, Query::StateBytes as u32), bytes as f64);
+        assert_eq!(kv_export_state(handle, buffer.as_mut_ptr(), bytes), Status::Ok as i32);
+        assert_eq!(
+            kv_export_state(handle, std::ptr::null_mut(), bytes),
+            Status::NullPointer as i32
+        );
+    }
+    let mut copy = plain_ring(1, 1, 2);
+    let copy_handle: *mut KvRing = &mut copy;
+    // SAFETY: `copy_handle` points to a live ring and `buffer` has `bytes` readable bytes.
+    unsafe {
+        assert_eq!(kv_import_state(copy_handle, buffer.as_ptr(), bytes), Status::Ok as i32);
+        assert_eq!(
+            kv_import_state(copy_handle, buffer.as_ptr(), bytes - 1),
+            Status::InvalidState as i32
+        );
+    }
+    assert_eq!(copy.len(), 3);
+}
