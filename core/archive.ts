@@ -418,9 +418,10 @@ export class LineArchive {
 /**
  * A buffer in front of {@linkcode LineArchive.append} that writes lines in batches.
  *
- * `add` only copies the line into the buffer unless the buffer is full, in which case it
- * flushes synchronously. A timer flushes older lines after `maxDelayMs`. The timer does not
- * keep the process alive, so call {@linkcode close} (or {@linkcode flush}) before exiting. An
+ * `add` only copies the line into the buffer unless the buffer is full or its oldest line
+ * has waited `maxDelayMs`, in which case it flushes synchronously. That check keeps the delay
+ * bounded while a busy ingest loop never lets a timer run. A timer also flushes older lines
+ * after `maxDelayMs` when no more lines are added. The timer does not keep the process alive, so call {@linkcode close} (or {@linkcode flush}) before exiting. An
  * error of a timed flush is kept and thrown by the next `add`, `flush` or `close`, and its
  * lines stay in the buffer for the next attempt.
  */
@@ -430,6 +431,8 @@ export class ArchiveWriter {
   readonly #maxDelayMs: number;
   readonly #pruneAfterFlush: boolean;
   #pending: ArchivedLine[] = [];
+  /** `performance.now()` when the oldest buffered line was added, in milliseconds. */
+  #oldestPendingMs = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timedFlushError: unknown;
   #closed = false;
@@ -452,18 +455,20 @@ export class ArchiveWriter {
     return this.#pending.length;
   }
 
-  /** Buffers one line, and flushes when the buffer contains `maxLines` lines. */
+  /** Buffers one line, and flushes when the buffer contains `maxLines` lines or its oldest line has waited `maxDelayMs`. */
   add(line: ArchivedLine): void {
     if (this.#closed) throw new Error("Failed to add a line: the archive writer is closed");
     this.#throwTimedFlushError();
     validateLine(line);
+    const now = performance.now();
+    if (this.#pending.length === 0) this.#oldestPendingMs = now;
     this.#pending.push({
       lineNumber: line.lineNumber,
       text: line.text,
       arrivalTime: line.arrivalTime,
       streamOffset: line.streamOffset,
     });
-    if (this.#pending.length >= this.#maxLines) {
+    if (this.#pending.length >= this.#maxLines || now - this.#oldestPendingMs >= this.#maxDelayMs) {
       this.flush();
     } else if (this.#timer === undefined) {
       this.#timer = setTimeout(() => this.#timedFlush(), this.#maxDelayMs);

@@ -1,35 +1,60 @@
 /** `sinkstream summarize` and `sinkstream ask`: answer a request about a stream read from stdin. */
 
 import { type Command, Option } from "commander";
+import type { LoadedModel } from "../../core/model.ts";
 import type { Request } from "../../core/prompt.ts";
 import { Sampler } from "../../core/sampler.ts";
+import type { StreamingSession } from "../../core/session.ts";
 import { readLines } from "../../core/text_lines.ts";
 import { type Answer, runAnswerStream } from "../../pipelines/answer_stream.ts";
-import { stdinBytes, writeStdout } from "../io.ts";
+import {
+  addArchiveOptions,
+  type ArchiveOptions,
+  describeRecall,
+  openStreamArchive,
+  recalledRecord,
+  type StreamArchive,
+} from "../archive_options.ts";
+import { stdinBytes, writeStderr, writeStdout } from "../io.ts";
 import { addModelOptions, type ModelOptions, openModel, openSession, parseWholeNumber } from "../options.ts";
 import { ProgressReporter } from "../progress.ts";
 
 /** Add the `summarize` and `ask` commands to the program. */
 export function registerAnswerCommands(program: Command): void {
-  addModelOptions(
+  addArchiveOptions(addModelOptions(
     program
       .command("summarize")
       .description("read standard input to its end and summarize what the cache holds")
       .addOption(new Option("--every <lines>", "also summarize every N input lines").argParser(parseWholeNumber("line count", 1))),
-  ).action((options) => answerCommand({ kind: "summary" }, options));
+  )).action((options) => answerCommand({ kind: "summary" }, options));
 
-  addModelOptions(
+  addArchiveOptions(addModelOptions(
     program
       .command("ask")
       .description("read standard input to its end and answer a question about what the cache holds")
       .argument("<question>", "the question")
       .addOption(new Option("--every <lines>", "also answer every N input lines").argParser(parseWholeNumber("line count", 1))),
-  ).action((question: string, options) => answerCommand({ kind: "answer", question }, options));
+  )).action((question: string, options) => answerCommand({ kind: "answer", question }, options));
 }
 
-async function answerCommand(request: Request, options: ModelOptions & { every?: number }): Promise<void> {
+async function answerCommand(request: Request, options: ModelOptions & ArchiveOptions & { every?: number }): Promise<void> {
   const { model } = await openModel(options);
   const session = await openSession(model, options);
+  const archive = await openStreamArchive(options, session);
+  try {
+    await answerStream(request, options, model, session, archive);
+  } finally {
+    archive?.close();
+  }
+}
+
+async function answerStream(
+  request: Request,
+  options: ModelOptions & { every?: number },
+  model: LoadedModel,
+  session: StreamingSession,
+  archive: StreamArchive | undefined,
+): Promise<void> {
   const progress = new ProgressReporter(session, { quiet: options.quiet });
   const sampler = new Sampler({ temperature: options.temperature, seed: options.seed });
   let pendingWrite: Promise<void> = Promise.resolve();
@@ -42,9 +67,12 @@ async function answerCommand(request: Request, options: ModelOptions & { every?:
     every: options.every,
     maxTokens: options.maxTokens,
     sampler,
+    archiver: archive?.archiver,
+    recall: archive?.recall,
     onProgress: (lines) => progress.update(lines),
     onAnswerStart: (answer) => {
       progress.clear();
+      if (!options.json && !options.quiet && archive?.recall) writeStderr(describeRecall(answer.recalled));
       if (!options.json && options.every) write(`[after ${answer.lines} lines${answer.final ? ", end of input" : ""}]\n`);
     },
     onAnswerText: (text) => {
@@ -60,6 +88,10 @@ async function answerCommand(request: Request, options: ModelOptions & { every?:
           cache_tokens: answer.cacheTokens,
         };
         if (request.kind === "answer") record.question = request.question;
+        if (archive?.recall) {
+          record.recalled = answer.recalled.map(recalledRecord);
+          record.recall_dropped = answer.recallDropped;
+        }
         record.text = answer.text;
         write(JSON.stringify(record) + "\n");
       } else {
@@ -68,7 +100,11 @@ async function answerCommand(request: Request, options: ModelOptions & { every?:
     },
   });
   await pendingWrite;
-  if (options.json) await writeStdout(JSON.stringify({ type: "stats", ...progress.summary() }) + "\n");
+  archive?.finish();
+  const archiveStats = archive === undefined ? {} : {
+    archived_lines: archive.archiver.archivedLines,
+    archive_s: Math.round(archive.archiver.seconds * 1000) / 1000,
+  };
+  if (options.json) await writeStdout(JSON.stringify({ type: "stats", ...progress.summary(), ...archiveStats }) + "\n");
   else if (!options.quiet) progress.printSummary();
 }
-
