@@ -88,11 +88,23 @@ function silu(x: number): number {
 }
 
 /**
+ * Receives the attention probabilities of one query head over the attended tokens, in cache
+ * slot order (stream order for `forward`), in a new array for each call.
+ */
+export type AttentionObserver = (layer: number, head: number, probabilities: Float64Array) => void;
+
+/**
  * Attend one query (all heads, already rotated) to `keys` (rotated) and `values`, one array
  * of `nKvHeads * headDim` per attended token. Query head h reads KV head
  * `floor(h / (nHeads / nKvHeads))`.
  */
-function attend(config: LlamaConfig, query: Float64Array, keys: Float64Array[], values: Float64Array[]): Float64Array {
+function attend(
+  config: LlamaConfig,
+  query: Float64Array,
+  keys: Float64Array[],
+  values: Float64Array[],
+  observe?: (head: number, probabilities: Float64Array) => void,
+): Float64Array {
   const { nHeads, nKvHeads, headDim } = config;
   const group = nHeads / nKvHeads;
   const scale = 1 / Math.sqrt(headDim);
@@ -114,6 +126,11 @@ function attend(config: LlamaConfig, query: Float64Array, keys: Float64Array[], 
     for (let t = 0; t < keys.length; t++) {
       scores[t] = Math.exp(scores[t] - max);
       total += scores[t];
+    }
+    if (observe !== undefined) {
+      const probabilities = new Float64Array(keys.length);
+      for (let t = 0; t < keys.length; t++) probabilities[t] = scores[t] / total;
+      observe(h, probabilities);
     }
 
     for (let t = 0; t < keys.length; t++) {
@@ -147,6 +164,8 @@ export class ReferenceModel {
   private readonly layers: ReferenceLayer[];
   private readonly outputNorm: Float64Array;
   private readonly output: Matrix;
+  /** Called with every query head's attention probabilities, when set. Leaves results unchanged. */
+  attentionObserver?: AttentionObserver;
 
   constructor(weights: LlamaWeights) {
     this.config = weights.config;
@@ -199,7 +218,9 @@ export class ReferenceModel {
     const w = this.layers[layer];
     const xn = rmsNorm(x, w.attnNorm, config.rmsNormEps);
     const query = applyRope(matVec(w.wq, xn, w.bq), config.headDim, config.rope, pos);
-    const attention = matVec(w.wo, attend(config, query, keys, values));
+    const observer = this.attentionObserver;
+    const observe = observer === undefined ? undefined : (head: number, p: Float64Array) => observer(layer, head, p);
+    const attention = matVec(w.wo, attend(config, query, keys, values, observe));
     const h = new Float64Array(x.length);
     for (let i = 0; i < x.length; i++) h[i] = x[i] + attention[i];
 
