@@ -4,7 +4,8 @@
  */
 
 import process from "node:process";
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
+import { type Backend, BACKENDS } from "../core/runtime.ts";
 import { UsageError } from "../core/errors.ts";
 import { createSession, DEFAULT_MODEL, type LoadedModel, loadModel } from "../core/model.ts";
 import type { StreamingSession } from "../core/session.ts";
@@ -21,7 +22,9 @@ export interface ModelOptions {
   seed: number;
   json?: boolean;
   threads: number;
+  backend: Backend;
   offline?: boolean;
+  onnxFile?: string;
   quiet?: boolean;
   debug?: boolean;
 }
@@ -48,7 +51,11 @@ export function parseNonNegative(name: string) {
 
 export function addModelOptions(command: Command): Command {
   return command
-    .option("-m, --model <path>", "GGUF model file, or a hub file id org/name/file.gguf[@revision]", DEFAULT_MODEL)
+    .option(
+      "-m, --model <path>",
+      "GGUF file, Hugging Face model directory, hub repository org/name[@revision] or hub file org/name/file.gguf[@revision]",
+      DEFAULT_MODEL,
+    )
     .option("--sinks <n>", "sink tokens kept forever (default: 4)", parseWholeNumber("sink count", 0))
     .option(
       "--window <n>",
@@ -61,7 +68,13 @@ export function addModelOptions(command: Command): Command {
     .option("--seed <n>", "seed of the sampler", parseWholeNumber("seed", 0), 0)
     .option("--json", "write NDJSON records to standard output")
     .option("--threads <n>", "ONNX Runtime threads", parseWholeNumber("thread count", 1), 1)
+    .addOption(
+      new Option("--backend <name>", "ONNX Runtime build: wasm (onnxruntime-web) or native (onnxruntime-node, optional)")
+        .choices(BACKENDS)
+        .default("wasm"),
+    )
     .option("--offline", "never download; use only local files and the cache")
+    .option("--onnx-file <name>", "ONNX file under onnx/ of a Hugging Face model (default: the first of model.onnx, model_quantized.onnx, …)")
     .option("-q, --quiet", "print no progress or statistics on standard error")
     .option("--debug", "print stack traces of errors");
 }
@@ -70,7 +83,10 @@ export async function openModel(options: ModelOptions): Promise<{ model: LoadedM
   let lastDraw = 0;
   const model = await loadModel(options.model, {
     offline: options.offline,
+    onnxFile: options.onnxFile,
+    cacheTokens: options.window === undefined ? undefined : (options.sinks ?? 4) + options.window,
     numThreads: options.threads,
+    backend: options.backend,
     maxPositions: (options.sinks ?? 4) + (options.window ?? 0),
     onProgress: (progress) => {
       if (options.quiet || !process.stderr.isTTY) return;

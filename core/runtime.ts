@@ -1,12 +1,16 @@
 /**
- * Runs a llama decoder ONNX graph with onnxruntime-web's WebAssembly backend.
+ * Runs a llama decoder ONNX graph with onnxruntime-web's WebAssembly backend, or with
+ * onnxruntime-node's CPU execution provider (`backend: "native"`).
  *
  * Needs no `ort.env.wasm.wasmPaths` setting under Bun or Deno (`deno run -A`): both load the
  * .wasm file next to onnxruntime-web's bundle in node_modules (checked with onnxruntime-web
- * 1.30.0, Bun 1.4.4 and Deno 2.9).
+ * 1.30.0, Bun 1.4.4 and Deno 2.9). A `bun build --compile` binary bundles that code, so the
+ * relative lookup fails there. Its entry module records the embedded files instead (see
+ * `embedded_files.ts`), and they are passed as `wasmPaths`.
  */
 
 import * as ort from "onnxruntime-web";
+import { embeddedFiles } from "./embedded_files.ts";
 import { buildLlamaOnnx, pastName, presentName } from "./onnx/llama_graph.ts";
 import type { LlamaConfig, LlamaWeights } from "./types.ts";
 
@@ -20,11 +24,37 @@ export interface DecoderRuntimeOptions {
   maxPositions?: number;
   /**
    * Threads of the WebAssembly backend. ONNX Runtime reads this once per process, when the
-   * first session starts, so every runtime in a process must use the same value.
+   * first session starts, so every wasm runtime in a process must use the same value. The
+   * native backend takes it per session as its intra-op thread count.
    * @default 1
    */
   numThreads?: number;
+  /**
+   * Files holding initializers stored outside the ONNX file, each under the `location` the
+   * model names (Hugging Face exports write `model.onnx_data` next to `model.onnx`).
+   */
+  externalData?: { path: string; data: Uint8Array }[];
+  /**
+   * ONNX Runtime build that runs the graph: `wasm` is onnxruntime-web's WebAssembly backend,
+   * `native` is onnxruntime-node's CPU execution provider (an optional dependency).
+   * @default "wasm"
+   */
+  backend?: Backend;
+  /**
+   * Build the graph (in {@link DecoderRuntime.create}) so that `present` carries only the new
+   * entries, for callers that keep their own cache. `fromOnnx` takes it as a statement about
+   * the bytes it is given.
+   * @default false
+   */
+  presentNewOnly?: boolean;
 }
+
+/** ONNX Runtime builds a {@link DecoderRuntime} can run on. */
+export const BACKENDS = ["wasm", "native"] as const;
+export type Backend = (typeof BACKENDS)[number];
+
+/** The API both onnxruntime-web and onnxruntime-node export (from onnxruntime-common). */
+type OrtApi = Pick<typeof ort, "InferenceSession" | "Tensor">;
 
 /** Keys and values of one layer, each `[kvHeads, length, headDim]` float32 row-major. */
 export interface LayerKv {
@@ -46,13 +76,27 @@ export interface DecoderRunInput {
    * @default all ones
    */
   attentionMask?: ArrayLike<number>;
+  /**
+   * Number of last positions that get logits, from 1 to `seq`. Graphs without a
+   * `num_logits_to_keep` input ignore it and return every row.
+   * @default seq
+   */
+  logitsToKeep?: number;
 }
 
 export interface DecoderRunOutput {
-  /** `[seq, vocab]` */
+  /**
+   * `[rows, vocab]`: the last `logitsToKeep` positions when the graph takes `num_logits_to_keep`,
+   * else every position.
+   */
   logits: Float32Array;
-  /** Past concatenated with the new entries per layer, `[kvHeads, pastLength + seq, headDim]`. */
+  /**
+   * Per layer, `[kvHeads, presentStart + seq, headDim]`: the past concatenated with the new
+   * entries, or only the new entries for a runtime created with `presentNewOnly`.
+   */
   present: LayerKv[];
+  /** Entries before the new ones in each `present` tensor: `pastLength`, or 0 with `presentNewOnly`. */
+  presentStart: number;
 }
 
 /** Listed problems per input error; the rest are counted. */
@@ -79,18 +123,42 @@ let startedThreads: number | undefined;
 export class DecoderRuntime {
   readonly config: LlamaConfig;
   readonly maxPositions: number;
+  readonly backend: Backend;
+  /** Whether `present` outputs carry only the new entries. */
+  readonly presentNewOnly: boolean;
+  /** Calls of `run` and the seconds spent inside ONNX Runtime's `session.run`. */
+  readonly timing = { calls: 0, runSeconds: 0 };
+  readonly #ort: OrtApi;
   #session: ort.InferenceSession | undefined;
+  /** All-ones attention mask, grown on demand and handed out as views. */
+  #onesMask = new BigInt64Array(0);
+  /** Whether the model takes `position_ids`; some exports derive positions from the mask. */
+  #takesPositionIds: boolean;
+  /** Name of the input that limits the returned logits rows, if the export has one. */
+  #logitsToKeepInput: string | undefined;
 
-  private constructor(session: ort.InferenceSession, config: LlamaConfig, maxPositions: number) {
+  private constructor(
+    session: ort.InferenceSession,
+    config: LlamaConfig,
+    maxPositions: number,
+    backend: Backend,
+    ortApi: OrtApi,
+    presentNewOnly: boolean,
+  ) {
     this.#session = session;
+    this.backend = backend;
+    this.presentNewOnly = presentNewOnly;
+    this.#ort = ortApi;
     this.config = config;
     this.maxPositions = maxPositions;
+    this.#takesPositionIds = session.inputNames.includes("position_ids");
+    this.#logitsToKeepInput = ["num_logits_to_keep", "logits_to_keep"].find((name) => session.inputNames.includes(name));
   }
 
   /** Build the ONNX graph of `weights` and start a session on it. */
   static async create(weights: LlamaWeights, options: DecoderRuntimeOptions = {}): Promise<DecoderRuntime> {
     const maxPositions = options.maxPositions ?? weights.config.contextLength;
-    const bytes = buildLlamaOnnx(weights, { maxPositions });
+    const bytes = buildLlamaOnnx(weights, { maxPositions, presentNewOnly: options.presentNewOnly });
     return await DecoderRuntime.fromOnnx(bytes, weights.config, { ...options, maxPositions });
   }
 
@@ -105,16 +173,40 @@ export class DecoderRuntime {
     if (!Number.isInteger(numThreads) || numThreads < 1) {
       throw new RangeError(`Invalid numThreads: current value is ${numThreads}; expected a positive integer`);
     }
-    if (startedThreads !== undefined && startedThreads !== numThreads) {
-      throw new RangeError(
-        `Invalid numThreads: current value is ${numThreads}, but ONNX Runtime already started with ${startedThreads} ` +
-          `in this process; use the same numThreads for every runtime`,
-      );
+    const backend = options.backend ?? "wasm";
+    if (!BACKENDS.includes(backend)) {
+      throw new RangeError(`Invalid backend: current value is ${JSON.stringify(backend)}; use one of ${BACKENDS.join(", ")}`);
     }
-    ort.env.wasm.numThreads = numThreads;
+    let ortApi: OrtApi = ort;
+    let sessionOptions: ort.InferenceSession.SessionOptions;
+    if (backend === "wasm") {
+      if (startedThreads !== undefined && startedThreads !== numThreads) {
+        throw new RangeError(
+          `Invalid numThreads: current value is ${numThreads}, but ONNX Runtime already started with ${startedThreads} ` +
+            `in this process; use the same numThreads for every runtime`,
+        );
+      }
+      ort.env.wasm.numThreads = numThreads;
+      const { ortWasm, ortModule } = embeddedFiles();
+      if (ortWasm !== undefined && ortModule !== undefined) {
+        ort.env.wasm.wasmPaths = { wasm: ortWasm, mjs: ortModule };
+      }
+      sessionOptions = { executionProviders: ["wasm"] };
+    } else {
+      ortApi = await loadNativeOrt();
+      // One operator runs at a time in a decoder step, so inter-op threads would only idle.
+      sessionOptions = {
+        executionProviders: ["cpu"],
+        intraOpNumThreads: numThreads,
+        interOpNumThreads: 1,
+        graphOptimizationLevel: "all",
+      };
+    }
+    if (options.externalData) sessionOptions.externalData = options.externalData;
+
     let session: ort.InferenceSession;
     try {
-      session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
+      session = await ortApi.InferenceSession.create(bytes, sessionOptions);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       throw new Error(`ONNX Runtime failed to load the decoder model (${bytes.length} bytes): ${message}`, {
@@ -122,18 +214,28 @@ export class DecoderRuntime {
       });
     }
     // ONNX Runtime may fall back to 1 thread where threads are unsupported, so record what it kept.
-    startedThreads = ort.env.wasm.numThreads as number;
+    if (backend === "wasm") startedThreads = ort.env.wasm.numThreads as number;
 
     const expected = expectedInputNames(config.nLayers);
     const missing = expected.filter((name) => !session.inputNames.includes(name));
-    if (missing.length > 0) {
+    const halfPrecision = session.inputMetadata.filter((meta) =>
+      meta.isTensor && meta.name.startsWith("past_key_values.") && meta.type !== "float32"
+    );
+    if (missing.length > 0 || halfPrecision.length > 0) {
       await session.release();
+      if (missing.length > 0) {
+        throw new Error(
+          `Cannot use the ONNX model as a decoder: missing inputs ${missing.join(", ")}; ` +
+            `expected the Hugging Face decoder signature for ${config.nLayers} layers`,
+        );
+      }
+      const first = halfPrecision[0] as ort.InferenceSession.TensorValueMetadata;
       throw new Error(
-        `Cannot use the ONNX model as a decoder: missing inputs ${missing.join(", ")}; ` +
-          `expected the Hugging Face decoder signature for ${config.nLayers} layers`,
+        `Cannot use the ONNX model as a decoder: ${first.name} is ${first.type}, the KV cache holds float32; ` +
+          `use an export with float32 past key/values (model.onnx or model_quantized.onnx)`,
       );
     }
-    return new DecoderRuntime(session, config, maxPositions);
+    return new DecoderRuntime(session, config, maxPositions, backend, ortApi, options.presentNewOnly ?? false);
   }
 
   /** Run one forward step and return the logits and the extended key/value cache. */
@@ -144,8 +246,11 @@ export class DecoderRuntime {
 
     const feeds = this.makeFeeds(input);
     let results: ort.InferenceSession.ReturnType;
+    const started = performance.now();
     try {
       results = await session.run(feeds);
+      this.timing.calls++;
+      this.timing.runSeconds += (performance.now() - started) / 1000;
     } catch (error) {
       const summary = Object.entries(feeds).map(([name, t]) => `${name} ${t.type} [${t.dims.join(", ")}]`).join(", ");
       const message = error instanceof Error ? error.message : String(error);
@@ -163,7 +268,7 @@ export class DecoderRuntime {
     }
     const logits = results["logits"].data as Float32Array;
     for (const tensor of Object.values(results)) tensor.dispose();
-    return { logits, present };
+    return { logits, present, presentStart: this.presentNewOnly ? 0 : input.pastLength };
   }
 
   /** Release the session; later calls to `run` throw. */
@@ -199,6 +304,11 @@ export class DecoderRuntime {
             `rebuild the runtime with a larger maxPositions`,
         );
       }
+    }
+
+    const keep = input.logitsToKeep;
+    if (keep !== undefined && (!Number.isInteger(keep) || keep < 1 || keep > seq)) {
+      problems.push(`Invalid logitsToKeep: current value is ${keep}; expected a whole number from 1 to the input length (${seq})`);
     }
 
     const pastLength = input.pastLength;
@@ -256,20 +366,48 @@ export class DecoderRuntime {
     const { nLayers, nKvHeads, headDim } = this.config;
     const seq = input.inputIds.length;
     const total = input.pastLength + seq;
-    const mask = new BigInt64Array(total);
-    for (let i = 0; i < total; i++) mask[i] = BigInt(input.attentionMask ? input.attentionMask[i] : 1);
+    const { Tensor } = this.#ort;
+    let mask: BigInt64Array;
+    if (input.attentionMask) {
+      mask = new BigInt64Array(total);
+      for (let i = 0; i < total; i++) mask[i] = BigInt(input.attentionMask[i]);
+    } else {
+      // Both backends copy or read the mask during the call, so a shared view is safe.
+      if (this.#onesMask.length < total) this.#onesMask = new BigInt64Array(Math.max(total, 2 * this.#onesMask.length)).fill(1n);
+      mask = this.#onesMask.subarray(0, total);
+    }
 
     const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor("int64", toBigInt64(input.inputIds), [1, seq]),
-      attention_mask: new ort.Tensor("int64", mask, [1, total]),
-      position_ids: new ort.Tensor("int64", toBigInt64(input.positionIds), [1, seq]),
+      input_ids: new Tensor("int64", toBigInt64(input.inputIds), [1, seq]),
+      attention_mask: new Tensor("int64", mask, [1, total]),
     };
+    if (this.#takesPositionIds) {
+      feeds.position_ids = new Tensor("int64", toBigInt64(input.positionIds), [1, seq]);
+    }
     const pastDims = [1, nKvHeads, input.pastLength, headDim];
     for (let i = 0; i < nLayers; i++) {
-      feeds[pastName(i, "key")] = new ort.Tensor("float32", input.past[i].key, pastDims);
-      feeds[pastName(i, "value")] = new ort.Tensor("float32", input.past[i].value, pastDims);
+      feeds[pastName(i, "key")] = new Tensor("float32", input.past[i].key, pastDims);
+      feeds[pastName(i, "value")] = new Tensor("float32", input.past[i].value, pastDims);
+    }
+    if (this.#logitsToKeepInput) {
+      const keep = input.logitsToKeep ?? seq;
+      feeds[this.#logitsToKeepInput] = new Tensor("int64", BigInt64Array.of(BigInt(keep)), []);
     }
     return feeds;
+  }
+}
+
+/** Import onnxruntime-node, the optional dependency behind `--backend native`. */
+async function loadNativeOrt(): Promise<OrtApi> {
+  try {
+    return await import("onnxruntime-node") as unknown as OrtApi;
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    throw new Error(
+      `Failed to load onnxruntime-node for the native backend: ${message}; install it with ` +
+        `"npm install onnxruntime-node@1.30.0" or use --backend wasm`,
+      { cause: error },
+    );
   }
 }
 
@@ -280,7 +418,9 @@ function toBigInt64(values: ArrayLike<number>): BigInt64Array {
 }
 
 function expectedInputNames(nLayers: number): string[] {
-  const names = ["input_ids", "attention_mask", "position_ids"];
+  // position_ids is optional: exports without it derive positions from attention_mask, which
+  // gives the same positions because the session never masks cached keys.
+  const names = ["input_ids", "attention_mask"];
   for (let i = 0; i < nLayers; i++) names.push(pastName(i, "key"), pastName(i, "value"));
   return names;
 }

@@ -48,8 +48,11 @@ export interface GenerateOptions {
   sampler?: Sampler;
   /** Token ids that end generation (not emitted). */
   stopIds?: number[];
-  /** Called with each generated token id as soon as it is sampled. */
-  onToken?: (id: number) => void;
+  /**
+   * Called with each generated token id as soon as it is sampled. Returning `false` ends
+   * generation after this token (used for stop strings).
+   */
+  onToken?: (id: number) => boolean | void;
 }
 
 /** Counters of a session, for progress and statistics. */
@@ -119,6 +122,14 @@ export class StreamingSession {
     generateSeconds: 0,
   };
 
+  /**
+   * Time of forward passes by stage: `prepareSeconds` in eviction and the past handoff
+   * (`preparePast` rotates and copies every cached key), `runSeconds` in the runtime call (which
+   * includes its own copies of past and present), `appendSeconds` in copying new entries back.
+   * `handoffBytes` counts the float32 bytes of past and present K/V passed per call.
+   */
+  readonly timing = { forwards: 0, prepareSeconds: 0, runSeconds: 0, appendSeconds: 0, handoffBytes: 0 };
+
   constructor(runtime: DecoderRuntime, kernel: KvKernel, sizes: CacheSizes) {
     this.runtime = runtime;
     this.kernel = kernel;
@@ -149,7 +160,9 @@ export class StreamingSession {
     const { chunkSize } = this.sizes;
     for (let start = 0; start < ids.length; start += chunkSize) {
       const chunk = Array.prototype.slice.call(ids, start, start + chunkSize) as number[];
-      const { logits, evicted } = await this.#forward(chunk);
+      // Without a logits callback only the last row is computed: the output projection is a
+      // large share of a prefill's cost for big vocabularies.
+      const { logits, evicted } = await this.#forward(chunk, onLogits ? chunk.length : 1);
       this.stats.evictions += evicted;
       this.stats.tokensIngested += chunk.length;
       if (onLogits) {
@@ -186,8 +199,8 @@ export class StreamingSession {
       let last: Float32Array = new Float32Array(0);
       for (let start = 0; start < promptIds.length; start += this.sizes.chunkSize) {
         const chunk = promptIds.slice(start, start + this.sizes.chunkSize);
-        const { logits } = await this.#forward(chunk);
-        last = logits.subarray(logits.length - logits.length / chunk.length);
+        const { logits } = await this.#forward(chunk, 1);
+        last = logits.subarray(logits.length - this.runtime.config.vocabSize);
       }
 
       // Decode one token at a time until a stop token or the token budget.
@@ -195,9 +208,9 @@ export class StreamingSession {
         const next = sampler.sample(last);
         if (stopIds.has(next)) break;
         generated.push(next);
-        options.onToken?.(next);
+        if (options.onToken?.(next) === false) break;
         if (generated.length === maxTokens) break;
-        const { logits } = await this.#forward([next]);
+        const { logits } = await this.#forward([next], 1);
         last = logits;
       }
     } finally {
@@ -208,28 +221,49 @@ export class StreamingSession {
     return generated;
   }
 
-  /** Run one chunk through the model: evict, hand over the past, run, append the new K/V. */
-  async #forward(chunk: number[]): Promise<{ logits: Float32Array; evicted: number }> {
+  /**
+   * Run one chunk through the model: evict, hand over the past, run, append the new K/V.
+   * `logitsToKeep` last positions get logits, `[logitsToKeep, vocab]`.
+   */
+  async #forward(chunk: number[], logitsToKeep: number): Promise<{ logits: Float32Array; evicted: number }> {
+    const timing = this.timing;
+    const started = performance.now();
+
+    // Make room, then rotate every cached key to its current position in the handoff buffers.
     const evicted = this.kernel.evictFor(chunk.length);
     const pastLength = this.kernel.length;
     this.kernel.preparePast();
-
     const positionIds = chunk.map((_, t) => pastLength + t);
     const past = [];
     for (let layer = 0; layer < this.kernel.layers; layer++) {
       past.push({ key: this.kernel.pastKey(layer), value: this.kernel.pastValue(layer) });
     }
-    const { logits, present } = await this.runtime.run({
+    const prepared = performance.now();
+
+    // Run the model; the runtime copies the past in and the present out.
+    const { logits, present, presentStart } = await this.runtime.run({
       inputIds: chunk,
       positionIds,
       past,
       pastLength,
+      logitsToKeep,
     });
+    const ran = performance.now();
 
+    // Keep only the chunk's new entries of each layer.
     for (let layer = 0; layer < present.length; layer++) {
-      this.kernel.appendPresent(layer, present[layer].key, present[layer].value, pastLength, chunk.length);
+      this.kernel.appendPresent(layer, present[layer].key, present[layer].value, presentStart, chunk.length);
     }
     this.kernel.commit(chunk.length);
+
+    const appended = performance.now();
+    timing.forwards++;
+    timing.prepareSeconds += (prepared - started) / 1000;
+    timing.runSeconds += (ran - prepared) / 1000;
+    timing.appendSeconds += (appended - ran) / 1000;
+    // Bytes crossing between the kernel and the runtime: the past in, the present out.
+    const entryBytes = 2 * this.kernel.layers * this.runtime.config.nKvHeads * this.runtime.config.headDim * 4;
+    timing.handoffBytes += entryBytes * (pastLength + presentStart + chunk.length);
     return { logits, evicted };
   }
 }

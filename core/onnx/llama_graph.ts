@@ -1,7 +1,8 @@
 /**
  * Builds an ONNX decoder graph for a llama-architecture model, with the input and output
  * names of Hugging Face ONNX decoder exports (`input_ids`, `attention_mask`, `position_ids`,
- * `past_key_values.{i}.key|value` in, `logits`, `present.{i}.key|value` out).
+ * `num_logits_to_keep`, `past_key_values.{i}.key|value` in, `logits`, `present.{i}.key|value`
+ * out).
  *
  * Only default-domain ops of opset 17 are used. Keys in `present` are stored already rotated
  * at their position ids, as in those exports.
@@ -26,6 +27,13 @@ export interface LlamaGraphOptions {
    * @default the model's context length
    */
   maxPositions?: number;
+  /**
+   * Output only the new entries as `present.{i}.key|value`, `[batch, kvHeads, seq, headDim]`,
+   * instead of past and new entries concatenated. A caller that keeps its own cache then
+   * receives `seq` entries per step instead of `past + seq`.
+   * @default false, the Hugging Face signature
+   */
+  presentNewOnly?: boolean;
 }
 
 const OPSET_VERSION = 17;
@@ -33,6 +41,13 @@ const OPSET_VERSION = 17;
 const IR_VERSION = 8;
 /** Score given to masked keys: the lowest float32, as Hugging Face models use. */
 const MASKED_SCORE = -3.4028234663852886e38;
+
+/**
+ * Name of the int64 scalar input that sets how many of the last positions get logits, from 1
+ * to the sequence length. The output projection costs `vocab × nEmbd` per row, so a prefill
+ * whose scores are not read asks for 1 row. Hugging Face decoder exports use the same name.
+ */
+export const LOGITS_TO_KEEP_NAME = "num_logits_to_keep";
 
 /** Input name of layer `i`'s cached keys or values. */
 export function pastName(layer: number, kind: "key" | "value"): string {
@@ -96,7 +111,8 @@ class GraphBuilder {
  *
  * Shapes (batch is dynamic): `input_ids`, `position_ids` int64 `[batch, seq]`;
  * `attention_mask` int64 `[batch, past + seq]` with 0 for masked keys; past and present
- * float32 `[batch, kvHeads, len, headDim]`; `logits` float32 `[batch, seq, vocab]`.
+ * float32 `[batch, kvHeads, len, headDim]`; `num_logits_to_keep` int64 scalar; `logits` float32
+ * `[batch, num_logits_to_keep, vocab]`, the rows of the last positions.
  */
 export function buildLlamaOnnx(weights: LlamaWeights, options: LlamaGraphOptions = {}): Uint8Array {
   const config = weights.config;
@@ -117,12 +133,13 @@ export function buildLlamaOnnx(weights: LlamaWeights, options: LlamaGraphOptions
   }
 
   const g = new GraphBuilder();
-  const shared = addSharedValues(g, weights, maxPositions);
+  const shared = addSharedValues(g, weights, maxPositions, options.presentNewOnly ?? false);
 
   let hidden = g.op("Gather", [g.float("token_embedding", weights.tokenEmbedding.dims, weights.tokenEmbedding.data), "input_ids"]);
   weights.layers.forEach((layer, i) => {
     hidden = addBlock(g, weights, layer, i, hidden, shared);
   });
+  hidden = addKeepLastRows(g, hidden);
   const normed = addRmsNorm(g, hidden, g.float("output_norm", weights.outputNorm.dims, weights.outputNorm.data), shared);
   g.op("MatMul", [normed, g.transposedWeight("output_weight_t", weights.output)], [], "logits");
 
@@ -135,7 +152,7 @@ export function buildLlamaOnnx(weights: LlamaWeights, options: LlamaGraphOptions
       nodes: g.nodes,
       initializers: g.initializers,
       inputs: graphInputs(weights),
-      outputs: graphOutputs(weights),
+      outputs: graphOutputs(weights, options.presentNewOnly ?? false),
     },
   });
 }
@@ -146,6 +163,7 @@ function graphInputs(weights: LlamaWeights): ValueInfoInit[] {
     { name: "input_ids", elemType: DataType.INT64, shape: ["batch_size", "sequence_length"] },
     { name: "attention_mask", elemType: DataType.INT64, shape: ["batch_size", "total_sequence_length"] },
     { name: "position_ids", elemType: DataType.INT64, shape: ["batch_size", "sequence_length"] },
+    { name: LOGITS_TO_KEEP_NAME, elemType: DataType.INT64, shape: [] },
   ];
   for (let i = 0; i < weights.layers.length; i++) {
     for (const kind of ["key", "value"] as const) {
@@ -159,21 +177,30 @@ function graphInputs(weights: LlamaWeights): ValueInfoInit[] {
   return inputs;
 }
 
-function graphOutputs(weights: LlamaWeights): ValueInfoInit[] {
+function graphOutputs(weights: LlamaWeights, presentNewOnly: boolean): ValueInfoInit[] {
   const { nKvHeads, headDim, vocabSize } = weights.config;
   const outputs: ValueInfoInit[] = [
-    { name: "logits", elemType: DataType.FLOAT, shape: ["batch_size", "sequence_length", vocabSize] },
+    { name: "logits", elemType: DataType.FLOAT, shape: ["batch_size", "logits_length", vocabSize] },
   ];
   for (let i = 0; i < weights.layers.length; i++) {
     for (const kind of ["key", "value"] as const) {
       outputs.push({
         name: presentName(i, kind),
         elemType: DataType.FLOAT,
-        shape: ["batch_size", nKvHeads, "total_sequence_length", headDim],
+        shape: ["batch_size", nKvHeads, presentNewOnly ? "sequence_length" : "total_sequence_length", headDim],
       });
     }
   }
   return outputs;
+}
+
+/** Keep the last `num_logits_to_keep` rows of `[b, s, nEmbd]`. */
+function addKeepLastRows(g: GraphBuilder, hidden: string): string {
+  const axis = g.sharedInt64("axis_zero", [1], [0]);
+  const seqLength = g.op("Gather", [g.op("Shape", [hidden]), g.sharedInt64("seq_axis", [1], [1])]); // [1]
+  const keep = g.op("Unsqueeze", [LOGITS_TO_KEEP_NAME, axis]); // [1]
+  const start = g.op("Sub", [seqLength, keep]);
+  return g.op("Slice", [hidden, start, seqLength, g.sharedInt64("seq_axis", [1], [1])]);
 }
 
 /** Values computed once and read by every block. */
@@ -187,9 +214,16 @@ interface SharedValues {
   allowed: string;
   maskedScore: string;
   scale: string;
+  /** Whether `present` outputs carry only the new entries. */
+  presentNewOnly: boolean;
 }
 
-function addSharedValues(g: GraphBuilder, weights: LlamaWeights, maxPositions: number): SharedValues {
+function addSharedValues(
+  g: GraphBuilder,
+  weights: LlamaWeights,
+  maxPositions: number,
+  presentNewOnly: boolean,
+): SharedValues {
   const { rope, nHeads, nKvHeads, headDim, rmsNormEps } = weights.config;
   const half = rope.dim / 2;
 
@@ -238,6 +272,7 @@ function addSharedValues(g: GraphBuilder, weights: LlamaWeights, maxPositions: n
     allowed,
     maskedScore: g.float("masked_score", [], [MASKED_SCORE]),
     scale: g.float("attention_scale", [], [1 / Math.sqrt(headDim)]),
+    presentNewOnly,
   };
 }
 
@@ -316,8 +351,14 @@ function addBlock(
   const q = addRope(g, weights, splitHeads(g, addLinear(g, x, `${p}_q`, layer.wq, layer.bq), nHeads, headDim), shared);
   const k = addRope(g, weights, splitHeads(g, addLinear(g, x, `${p}_k`, layer.wk, layer.bk), nKvHeads, headDim), shared);
   const v = splitHeads(g, addLinear(g, x, `${p}_v`, layer.wv, layer.bv), nKvHeads, headDim);
-  const keys = g.op("Concat", [pastName(index, "key"), k], [{ name: "axis", type: "int", value: 2 }], presentName(index, "key"));
-  const values = g.op("Concat", [pastName(index, "value"), v], [{ name: "axis", type: "int", value: 2 }], presentName(index, "value"));
+  const newOnly = shared.presentNewOnly;
+  const concatAxis: AttributeInit[] = [{ name: "axis", type: "int", value: 2 }];
+  const keys = g.op("Concat", [pastName(index, "key"), k], concatAxis, newOnly ? undefined : presentName(index, "key"));
+  const values = g.op("Concat", [pastName(index, "value"), v], concatAxis, newOnly ? undefined : presentName(index, "value"));
+  if (newOnly) {
+    g.op("Identity", [k], [], presentName(index, "key"));
+    g.op("Identity", [v], [], presentName(index, "value"));
+  }
 
   // Grouped-query attention without repeating K/V: query heads kv*group .. kv*group+group-1
   // share kv head `kv`, so [b, heads, s, hd] is viewed as [b, kvHeads, group * s, hd].
