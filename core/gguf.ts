@@ -7,6 +7,7 @@
  * versions 2 and 3 write them as u64.
  */
 
+import { dequantize, QUANT_FORMATS, quantizedByteSize } from "./quant.ts";
 import type { Tensor } from "./types.ts";
 
 /** Metadata value type ids of the GGUF format. */
@@ -300,13 +301,14 @@ export function tensorElementCount(info: GgufTensorInfo): number {
 }
 
 /**
- * Compute the size in bytes of a tensor's data. Only F32 and F16 sizes are known here, so
- * other types count as 0 bytes: the truncation check skips them and `readTensor` rejects them.
+ * Compute the size in bytes of a tensor's data. Sizes of F32, F16 and the block formats of
+ * `quant.ts` are known here. Other types count as 0 bytes: the truncation check skips them
+ * and `readTensor` rejects them.
  */
 function tensorByteSize(info: GgufTensorInfo): number {
   if (info.type === GGML_TYPE_F32) return tensorElementCount(info) * 4;
   if (info.type === GGML_TYPE_F16) return tensorElementCount(info) * 2;
-  return 0;
+  return quantizedByteSize(info.type, tensorElementCount(info)) ?? 0;
 }
 
 /** Look up a metadata value, or undefined when the key is absent. */
@@ -335,7 +337,8 @@ export function halfToFloat(bits: number): number {
 
 /**
  * Read one tensor as float32 with dims outermost first (ggml `ne` reversed). F16 data is
- * converted; any other ggml type is rejected with an error naming the type.
+ * converted and Q8_0, Q4_0, Q4_K and Q6_K data dequantized; any other ggml type is rejected
+ * with an error naming the type.
  */
 export function readTensor(file: GgufFile, name: string): Tensor {
   const info = file.tensors.get(name);
@@ -352,9 +355,11 @@ export function readTensor(file: GgufFile, name: string): Tensor {
     for (let i = 0; i < count; i++) data[i] = view.getFloat32(i * 4, true);
   } else if (info.type === GGML_TYPE_F16) {
     for (let i = 0; i < count; i++) data[i] = halfToFloat(view.getUint16(i * 2, true));
+  } else if (QUANT_FORMATS[info.type] !== undefined) {
+    return { dims, data: dequantize(info.type, file.bytes.subarray(start, start + tensorByteSize(info)), count) };
   } else {
     throw new TypeError(
-      `Unsupported tensor type ${ggmlTypeName(info.type)} in ${name}: sinkstream loads F32 and F16 tensors`,
+      `Unsupported tensor type ${ggmlTypeName(info.type)} in ${name}: sinkstream loads F32, F16, Q8_0, Q4_0, Q4_K and Q6_K tensors`,
     );
   }
   return { dims, data };

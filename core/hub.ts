@@ -27,6 +27,10 @@ export interface HubFile {
   path: string;
   /** Branch, tag or commit. @default "main" */
   revision?: string;
+  /** SHA-256 the file must have, as the hub's file listing states it; else the response headers are used. */
+  sha256?: string;
+  /** Size in bytes the file must have, as the hub's file listing states it. */
+  size?: number;
 }
 
 /** Download progress, reported as bytes arrive. */
@@ -132,8 +136,9 @@ export async function downloadHubFile(file: HubFile, options: DownloadOptions = 
   }
 
   const append = response.status === 206;
-  const expectedSha256 = parseSha256(response.headers.get("x-linked-etag") ?? response.headers.get("etag"));
-  const totalBytes = parseTotalSize(response, append ? resumeFrom : 0);
+  const expectedSha256 = file.sha256?.toLowerCase() ??
+    parseSha256(response.headers.get("x-linked-etag") ?? response.headers.get("etag"));
+  const totalBytes = file.size ?? parseTotalSize(response, append ? resumeFrom : 0);
   let received = append ? resumeFrom : 0;
 
   const handle = await open(partial, append ? "a" : "w");

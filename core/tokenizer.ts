@@ -426,7 +426,7 @@ export class Detokenizer {
   private readonly decoder = new TextDecoder("utf-8", { fatal: false });
   private stripNextSpace: boolean;
 
-  constructor(private readonly tokenizer: Tokenizer, options: DetokenizerOptions = {}) {
+  constructor(private readonly tokenizer: Pick<Tokenizer, "tokenBytes">, options: DetokenizerOptions = {}) {
     this.stripNextSpace = options.stripLeadingSpace ?? false;
   }
 

@@ -4,10 +4,14 @@
  */
 
 import type { LoadedModel } from "../core/model.ts";
-import { type Request, renderPrompt } from "../core/prompt.ts";
+import { type RecalledLine, type Request, renderPrompt } from "../core/prompt.ts";
 import type { Sampler } from "../core/sampler.ts";
 import type { StreamingSession } from "../core/session.ts";
+import { assertPromptFits, StopTextFilter } from "../core/stop_text.ts";
+import type { TextTokenizer } from "../core/text_tokenizer.ts";
 import { Detokenizer } from "../core/tokenizer.ts";
+import type { LineArchiver } from "./line_archiver.ts";
+import { promptTokenBudget, type RecallHit, recallForPrompt, type RecallSettings } from "./recall.ts";
 
 /** One generated summary or answer. */
 export interface Answer {
@@ -21,6 +25,12 @@ export interface Answer {
   text: string;
   /** True for the answer given at the end of the input. */
   final: boolean;
+  /** Archived lines placed in the prompt, best match first; empty when recall is off. */
+  recalled: RecallHit[];
+  /** Archive matches left out of the prompt because they did not fit its token budget. */
+  recallDropped: number;
+  /** Tokens of the prompt, recalled lines included. */
+  promptTokens: number;
 }
 
 /** Options of {@linkcode runAnswerStream}. */
@@ -36,41 +46,60 @@ export interface AnswerStreamRun {
   onAnswer?: (answer: Answer) => void;
   /** Called after each ingested chunk of input. */
   onProgress?: (lines: number) => void;
+  /** Archiver that receives the lines leaving the window. */
+  archiver?: LineArchiver;
+  /** Archive search at question time; off when undefined. */
+  recall?: RecallSettings;
 }
 
-/** Feeds text lines to a session as tokens, in whole chunks. */
+/**
+ * Tokenize one line of a stream. The first line gets BOS and the tokenizer's dummy-prefix
+ * space; later lines are tokenized on their own without either, which equals tokenizing the
+ * whole text when no vocabulary piece spans a line break.
+ */
+export function encodeStreamLine(tokenizer: TextTokenizer, line: string, first: boolean): number[] {
+  return tokenizer.encode(line, { addBos: first, addSpacePrefix: first });
+}
+
+/**
+ * Feeds text lines to a session as tokens, in whole chunks, and hands the lines that left the
+ * window to an optional {@linkcode LineArchiver}.
+ */
 export class LineIngestor {
   readonly model: LoadedModel;
   readonly session: StreamingSession;
+  readonly archiver: LineArchiver | undefined;
   #pending: number[] = [];
   #started = false;
   lines = 0;
 
-  constructor(model: LoadedModel, session: StreamingSession) {
+  constructor(model: LoadedModel, session: StreamingSession, archiver?: LineArchiver) {
     this.model = model;
     this.session = session;
+    this.archiver = archiver;
   }
 
-  /**
-   * Tokenize one line and ingest the whole chunks that are ready.
-   *
-   * The first line of the stream gets BOS and the tokenizer's dummy-prefix space; later lines
-   * are tokenized on their own without either, which equals tokenizing the whole text when no
-   * vocabulary piece spans a line break.
-   */
+  /** Tokenize one line (see {@linkcode encodeStreamLine}) and ingest the whole chunks that are ready. */
   async addLine(line: string): Promise<void> {
-    const ids = this.model.tokenizer.encode(line, { addBos: !this.#started, addSpacePrefix: !this.#started });
+    const ids = encodeStreamLine(this.model.tokenizer, line, !this.#started);
     this.#started = true;
     this.lines++;
+    this.archiver?.track(line, ids.length);
     for (const id of ids) this.#pending.push(id);
     const { chunkSize } = this.session.sizes;
     const ready = this.#pending.length - (this.#pending.length % chunkSize);
-    if (ready > 0) await this.session.ingest(this.#pending.splice(0, ready));
+    if (ready > 0) {
+      await this.session.ingest(this.#pending.splice(0, ready));
+      this.archiver?.release(this.session.stats.evictions);
+    }
   }
 
   /** Ingest the tokens still waiting for a full chunk. */
   async flush(): Promise<void> {
-    if (this.#pending.length > 0) await this.session.ingest(this.#pending.splice(0));
+    if (this.#pending.length > 0) {
+      await this.session.ingest(this.#pending.splice(0));
+      this.archiver?.release(this.session.stats.evictions);
+    }
   }
 
   /** Whether any input has been tokenized. */
@@ -86,7 +115,7 @@ export async function runAnswerStream(
   lines: AsyncIterable<string>,
   run: AnswerStreamRun,
 ): Promise<Answer[]> {
-  const ingestor = new LineIngestor(model, session);
+  const ingestor = new LineIngestor(model, session, run.archiver);
   const answers: Answer[] = [];
   for await (const line of lines) {
     await ingestor.addLine(line);
@@ -101,48 +130,82 @@ export async function runAnswerStream(
   return answers;
 }
 
-async function answer(
+/** The part of a line feeder that {@linkcode answer} reads: lines so far, whether BOS went in, the archiver. */
+export type AnswerSource = Pick<LineIngestor, "lines" | "started" | "archiver">;
+
+/**
+ * Generate the answer to `run.request` about what the cache holds now, on a snapshot, so the
+ * stream continues as if nothing had been asked. Tokens the feeder has not ingested yet are
+ * not seen, so flush it first. Streams text through `run.onAnswerText` and returns the answer.
+ */
+export async function answer(
   model: LoadedModel,
   session: StreamingSession,
-  ingestor: LineIngestor,
+  ingestor: AnswerSource,
   run: AnswerStreamRun,
   final: boolean,
 ): Promise<Answer> {
   const { tokenizer } = model;
-  const promptText = renderPrompt(run.request, model.chatTemplate, {
+  const templateTokens = {
     bos: tokenizer.bosId === undefined ? undefined : tokenizer.pieceText(tokenizer.bosId),
     eos: tokenizer.eosId === undefined ? undefined : tokenizer.pieceText(tokenizer.eosId),
-  });
+  };
   // An empty stream still needs BOS in front of the prompt.
-  const promptIds = tokenizer.encode(promptText, {
-    addBos: !ingestor.started,
-    addSpacePrefix: false,
-    parseSpecial: model.chatTemplate !== undefined,
-  });
+  const encodePrompt = (recalled: readonly RecalledLine[]) =>
+    tokenizer.encode(renderPrompt(run.request, model.chatTemplate, templateTokens, recalled), {
+      addBos: !ingestor.started,
+      addSpacePrefix: false,
+      parseSpecial: model.chatTemplate !== undefined,
+    });
+
+  let promptIds: number[];
+  let recalled: RecallHit[] = [];
+  let recallDropped = 0;
+  if (run.recall) {
+    // Lines still in the writer's buffer must be searchable.
+    run.archiver?.flush();
+    const budget = promptTokenBudget(session.sizes.window, run.maxTokens);
+    const countTokens = (text: string) => tokenizer.encode(text, { addBos: false, addSpacePrefix: false }).length;
+    const result = recallForPrompt(run.recall, run.request, budget, encodePrompt, countTokens);
+    promptIds = result.promptIds;
+    recalled = result.lines;
+    recallDropped = result.droppedForBudget;
+  } else {
+    promptIds = encodePrompt([]);
+  }
+
+  assertPromptFits(promptIds.length, run.maxTokens, session.sizes.window);
+
   const header = {
     kind: run.request.kind,
     lines: ingestor.lines,
     tokens: session.stats.tokensIngested,
     cacheTokens: session.cacheLength,
     final,
+    recalled,
+    recallDropped,
+    promptTokens: promptIds.length,
   };
   run.onAnswerStart?.(header);
 
   const detokenizer = new Detokenizer(tokenizer);
+  const stopFilter = new StopTextFilter(model.stopStrings);
   let text = "";
+  const emit = (piece: string) => {
+    text += piece;
+    if (piece) run.onAnswerText?.(piece);
+  };
   await session.generate(promptIds, {
     maxTokens: run.maxTokens,
     sampler: run.sampler,
-    stopIds: tokenizer.eosId === undefined ? [] : [tokenizer.eosId],
+    stopIds: model.stopIds,
     onToken: (id) => {
-      const piece = detokenizer.push(id);
-      text += piece;
-      if (piece) run.onAnswerText?.(piece);
+      const { text: piece, stopped } = stopFilter.push(detokenizer.push(id));
+      emit(piece);
+      return !stopped;
     },
   });
-  const rest = detokenizer.flush();
-  text += rest;
-  if (rest) run.onAnswerText?.(rest);
+  if (!stopFilter.stopped) emit(stopFilter.push(detokenizer.flush()).text + stopFilter.flush());
 
   const result = { ...header, text };
   run.onAnswer?.(result);

@@ -3,6 +3,7 @@
 import type { LoadedModel } from "../core/model.ts";
 import type { Sampler } from "../core/sampler.ts";
 import type { StreamingSession } from "../core/session.ts";
+import { StopTextFilter } from "../core/stop_text.ts";
 import { Detokenizer } from "../core/tokenizer.ts";
 
 /** Options of {@linkcode runGenerate}. */
@@ -22,19 +23,22 @@ export async function runGenerate(
 ): Promise<{ ids: number[]; text: string }> {
   const promptIds = model.tokenizer.encode(run.prompt, { addBos: true, addSpacePrefix: true });
   const detokenizer = new Detokenizer(model.tokenizer);
+  const stopFilter = new StopTextFilter(model.stopStrings);
   let text = "";
+  const emit = (piece: string) => {
+    text += piece;
+    if (piece) run.onText(piece);
+  };
   const ids = await session.generate(promptIds, {
     maxTokens: run.maxTokens,
     sampler: run.sampler,
-    stopIds: model.tokenizer.eosId === undefined ? [] : [model.tokenizer.eosId],
+    stopIds: model.stopIds,
     onToken: (id) => {
-      const piece = detokenizer.push(id);
-      text += piece;
-      if (piece) run.onText(piece);
+      const { text: piece, stopped } = stopFilter.push(detokenizer.push(id));
+      emit(piece);
+      return !stopped;
     },
   });
-  const rest = detokenizer.flush();
-  text += rest;
-  if (rest) run.onText(rest);
+  if (!stopFilter.stopped) emit(stopFilter.push(detokenizer.flush()).text + stopFilter.flush());
   return { ids, text };
 }

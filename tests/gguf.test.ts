@@ -235,11 +235,11 @@ describe("readTensor", () => {
     expect(halfToFloat(0x0400)).toBe(2 ** -14);
   });
 
-  test("rejects quantized tensor types by name", () => {
+  test("rejects unsupported quantized types by name", () => {
     const file = parseGguf(bytesV3);
-    file.tensors.get("blk.0.attn_q.weight")!.type = 12;
+    file.tensors.get("blk.0.attn_q.weight")!.type = 13;
     expect(() => readTensor(file, "blk.0.attn_q.weight")).toThrow(
-      "Unsupported tensor type Q4_K in blk.0.attn_q.weight: sinkstream loads F32 and F16 tensors",
+      "Unsupported tensor type Q5_K in blk.0.attn_q.weight: sinkstream loads F32, F16, Q8_0, Q4_0, Q4_K and Q6_K tensors",
     );
     file.tensors.get("blk.0.attn_k.weight")!.type = 99;
     expect(() => readTensor(file, "blk.0.attn_k.weight")).toThrow("Unsupported tensor type unknown ggml type 99");
@@ -373,12 +373,12 @@ describe("loadLlamaGguf", () => {
     expect(() => loadLlamaGgufBytes(bytes)).toThrow("Failed to load GGUF: missing required tensor blk.3.ffn_up.weight");
   });
 
-  test("rejects a quantized tensor by type name", () => {
+  test("rejects an unsupported quantized type by name", () => {
     const bytes = rewrite(parseGguf(bytesV1), {
-      tensors: (t) => { t.find((x) => x.name === "blk.0.attn_q.weight")!.type = 12; },
+      tensors: (t) => { t.find((x) => x.name === "blk.0.attn_q.weight")!.type = 13; },
     });
     expect(() => loadLlamaGgufBytes(bytes)).toThrow(
-      "Unsupported tensor type Q4_K in blk.0.attn_q.weight: sinkstream loads F32 and F16 tensors",
+      "Unsupported tensor type Q5_K in blk.0.attn_q.weight: sinkstream loads F32, F16, Q8_0, Q4_0, Q4_K and Q6_K tensors",
     );
   });
 
