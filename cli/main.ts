@@ -6,22 +6,40 @@
 
 import process from "node:process";
 import { Command, CommanderError } from "commander";
-import pkg from "../package.json" with { type: "json" };
 import { ExitCode, SinkstreamError } from "../core/errors.ts";
 import { registerAnswerCommands } from "./commands/answer.ts";
+import { registerBench } from "./commands/bench.ts";
+import { registerEval } from "./commands/eval.ts";
 import { registerGenerate } from "./commands/generate.ts";
+import { registerModels } from "./commands/models.ts";
+import { registerRecall } from "./commands/recall.ts";
+import { registerScore } from "./commands/score.ts";
+import { registerWatch } from "./commands/watch.ts";
 import { StdoutClosedError, writeStderr } from "./io.ts";
+import { versionText } from "./version.ts";
 
 function buildProgram(): Command {
   const program = new Command("sinkstream")
     .description("Summarize, question and score endless text streams with a small language model and a sink-and-window KV cache")
-    .version(String(pkg.version), "-V, --version")
+    .option("-V, --version", "output the version number and the git commit")
+    .on("option:version", () => {
+      // Resolved only on request, because from source it runs git.
+      const text = versionText();
+      process.stdout.write(`${text}\n`);
+      throw new CommanderError(ExitCode.ok, "commander.version", text);
+    })
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride();
 
   // One register function per command file in cli/commands/.
   registerGenerate(program);
+  registerModels(program);
   registerAnswerCommands(program);
+  registerBench(program);
+  registerEval(program);
+  registerRecall(program);
+  registerScore(program);
+  registerWatch(program);
 
   for (const command of program.commands) command.exitOverride();
   return program;
