@@ -22,7 +22,6 @@ import {
   GGML_TYPE_F32,
   GGUF_DEFAULT_ALIGNMENT,
   GGUF_VALUE_TYPE,
-  type GgufMetadataEntry,
   type GgufValue,
 } from "./gguf.ts";
 import type { TokenizerData } from "./tokenizer.ts";
