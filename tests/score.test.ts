@@ -112,10 +112,12 @@ describe("readLines bad input", () => {
       return performance.now() - started;
     };
     time(16384); // warm-up
-    const small = Math.min(time(16384), time(16384));
-    const large = Math.min(time(131072), time(131072));
+    // The fastest of five runs filters out pauses from other processes and the collector.
+    const fastest = (chars: number) => Math.min(...Array.from({ length: 5 }, () => time(chars)));
+    const small = fastest(16384);
+    const large = fastest(131072);
     // 8 times the text: linear (or n log n) costs about 8-10 times as much, quadratic 64 times.
-    expect(large / small).toBeLessThan(24);
+    expect(large / small).toBeLessThan(40);
   }, CLI_TIMEOUT_MS);
 });
 
