@@ -97,8 +97,8 @@ describe("summarize and ask on real logs", () => {
     expect(answers[0].question).toBe("Which user failed?");
   }, CLI_TIMEOUT_MS);
 
-  test("plain-text summary of a whole log", async () => {
-    const run = await runCli("bun", ["summarize", "--model", STORIES_V1, "--max-tokens", "16"], readFileSync(LOGS_DIR + "HealthApp_2k.log", "latin1"));
+  test("plain-text summary of 500 lines", async () => {
+    const run = await runCli("bun", ["summarize", "--model", STORIES_V1, "--max-tokens", "16"], headLines("HealthApp_2k.log", 500));
     expect(run.code).toBe(0);
     expect(run.stdout.trim().length).toBeGreaterThan(0);
     expect(run.stderr).toMatch(/ingested \d+ tokens at [\d.]+ tok\/s/);
