@@ -24,6 +24,7 @@ import {
   GGUF_VALUE_TYPE,
   type GgufValue,
 } from "./gguf.ts";
+import { quantizedByteSize } from "./quant.ts";
 import type { TokenizerData } from "./tokenizer.ts";
 import type { LlamaConfig } from "./types.ts";
 import { ropeInvFreq } from "./types.ts";
@@ -58,8 +59,22 @@ export interface GgufWritableEntry {
  */
 export type TensorSource = Float32Array | (() => Iterable<Float32Array>);
 
-/** Storage type of a written tensor. */
-export type GgufTensorType = "F32" | "F16";
+/**
+ * Storage type of a written tensor. Q8_0 and Q4_0 store blocks of 32 values, so the
+ * innermost dim (the row length) must be a multiple of 32, as ggml requires.
+ */
+export type GgufTensorType = "F32" | "F16" | "Q8_0" | "Q4_0";
+
+/** ggml type ids (`enum ggml_type`) of the storage types. */
+const TENSOR_TYPE_IDS: Readonly<Record<GgufTensorType, number>> = {
+  F32: GGML_TYPE_F32,
+  F16: GGML_TYPE_F16,
+  Q4_0: 2,
+  Q8_0: 8,
+};
+
+/** Values per block of the Q8_0 and Q4_0 formats (ggml's `QK8_0` and `QK4_0`). */
+const QUANT_BLOCK_VALUES = 32;
 
 /** One tensor to write. */
 export interface GgufTensorInput {
@@ -205,6 +220,98 @@ export function floatsToHalves(values: Float32Array, out: Uint16Array = new Uint
   const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
   for (let i = 0; i < bits.length; i++) out[i] = floatBitsToHalf(bits[i]);
   return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Q8_0 and Q4_0 quantization
+// ---------------------------------------------------------------------------------------
+
+/** Bytes per block: an f16 scale, then 32 int8 values (Q8_0) or 32 packed 4-bit values (Q4_0). */
+const Q8_0_BLOCK_BYTES = 34;
+const Q4_0_BLOCK_BYTES = 18;
+
+const f32 = Math.fround;
+
+/** C's `roundf`: round to the nearest integer, halfway cases away from zero. */
+function roundHalfAwayFromZero(x: number): number {
+  return x < 0 ? -Math.round(-x) : Math.round(x);
+}
+
+/** Check the sizes of a quantizer call and return `out`, or a new array of the needed size. */
+function checkQuantizeSizes(type: string, values: Float32Array, out: Uint8Array | undefined, blockBytes: number): Uint8Array {
+  if (values.length % 32 !== 0) {
+    throw new RangeError(`Failed to quantize to ${type}: current value count is ${values.length}, expected a multiple of 32`);
+  }
+  const needed = (values.length / 32) * blockBytes;
+  if (out === undefined) return new Uint8Array(needed);
+  if (out.length < needed) {
+    throw new RangeError(`Failed to quantize to ${type}: the output has ${out.length} bytes, current input needs ${needed}`);
+  }
+  return out;
+}
+
+/**
+ * Quantize values to Q8_0 blocks in `out`, with the arithmetic of ggml's reference quantizer
+ * `quantize_row_q8_0_ref`, which `ggml_quantize_chunk` uses for Q8_0: per block of 32,
+ * `d = max|x| / 127`, `q = roundf(x * (1/d))`, every step rounded to float32, and `d` stored
+ * as f16 rounded to nearest even. `values.length` must be a multiple of 32. Writes into `out`
+ * when given, else into a new array, and returns it. `bench/quantizer_crosscheck.ts` found the
+ * bytes equal to those of the libggml-base.so in node-llama-cpp 3.21.1.
+ */
+export function quantizeQ8_0(values: Float32Array, out?: Uint8Array): Uint8Array {
+  const bytes = checkQuantizeSizes("Q8_0", values, out, Q8_0_BLOCK_BYTES);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let block = 0; block * 32 < values.length; block++) {
+    const x = block * 32;
+    const at = block * Q8_0_BLOCK_BYTES;
+    let absMax = 0;
+    for (let j = 0; j < 32; j++) {
+      // C's MAX macro, which skips a NaN that comes before a number, where Math.max would not.
+      const magnitude = Math.abs(values[x + j]);
+      absMax = absMax > magnitude ? absMax : magnitude;
+    }
+    const d = f32(absMax / 127);
+    const inverse = d !== 0 ? f32(1 / d) : 0;
+    view.setUint16(at, floatToHalf(d), true);
+    for (let j = 0; j < 32; j++) view.setInt8(at + 2 + j, roundHalfAwayFromZero(f32(values[x + j] * inverse)));
+  }
+  return bytes;
+}
+
+/**
+ * Quantize values to Q4_0 blocks in `out`, with the arithmetic of ggml's reference quantizer
+ * `quantize_row_q4_0_ref`, which `ggml_quantize_chunk` uses for Q4_0 without an importance
+ * matrix: per block of 32, `d = m / -8` where `m` is the first value of largest magnitude,
+ * `q = min(15, trunc(x * (1/d) + 8.5))`, so `m` itself maps to 0 (exactly `-8 * d`). Byte `j`
+ * contains value `j` in its low nibble and value `j + 16` in its high nibble. `values.length`
+ * must be a multiple of 32. Writes into `out` when given, else into a new array, and returns
+ * it, byte-identical to ggml as checked by `bench/quantizer_crosscheck.ts`.
+ */
+export function quantizeQ4_0(values: Float32Array, out?: Uint8Array): Uint8Array {
+  const bytes = checkQuantizeSizes("Q4_0", values, out, Q4_0_BLOCK_BYTES);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let block = 0; block * 32 < values.length; block++) {
+    const x = block * 32;
+    const at = block * Q4_0_BLOCK_BYTES;
+    let absMax = 0;
+    let max = 0;
+    for (let j = 0; j < 32; j++) {
+      const magnitude = Math.abs(values[x + j]);
+      if (absMax < magnitude) {
+        absMax = magnitude;
+        max = values[x + j];
+      }
+    }
+    const d = f32(max / -8);
+    const inverse = d !== 0 ? f32(1 / d) : 0;
+    view.setUint16(at, floatToHalf(d), true);
+    for (let j = 0; j < 16; j++) {
+      const low = Math.min(15, Math.trunc(f32(f32(values[x + j] * inverse) + 8.5)));
+      const high = Math.min(15, Math.trunc(f32(f32(values[x + j + 16] * inverse) + 8.5)));
+      view.setUint8(at + 2 + j, low | (high << 4));
+    }
+  }
+  return bytes;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -437,9 +544,25 @@ function alignmentOf(metadata: [string, GgufWritableEntry][]): number {
 }
 
 function tensorTypeId(tensor: GgufTensorInput): number {
-  if (tensor.type === "F32") return GGML_TYPE_F32;
-  if (tensor.type === "F16") return GGML_TYPE_F16;
-  throw new TypeError(`Failed to write tensor ${tensor.name}: current type is ${String(tensor.type)}, expected "F32" or "F16"`);
+  const id = Object.hasOwn(TENSOR_TYPE_IDS, tensor.type) ? TENSOR_TYPE_IDS[tensor.type] : undefined;
+  if (id === undefined) {
+    throw new TypeError(
+      `Failed to write tensor ${tensor.name}: current type is ${String(tensor.type)}, expected "F32", "F16", "Q8_0" or "Q4_0"`,
+    );
+  }
+  return id;
+}
+
+function isQuantized(type: GgufTensorType): type is "Q8_0" | "Q4_0" {
+  return type === "Q8_0" || type === "Q4_0";
+}
+
+/** Size of a tensor's data in bytes. */
+function tensorByteSize(tensor: GgufTensorInput, typeId: number): number {
+  const count = elementCount(tensor);
+  if (typeId === GGML_TYPE_F32) return count * 4;
+  if (typeId === GGML_TYPE_F16) return count * 2;
+  return quantizedByteSize(typeId, count)!;
 }
 
 function elementCount(tensor: GgufTensorInput): number {
@@ -460,6 +583,13 @@ function checkTensor(tensor: GgufTensorInput, names: Set<string>): void {
   if (dims.length < 1 || dims.length > GGUF_MAX_DIMS || dims.some((d) => !Number.isSafeInteger(d) || d < 1)) {
     throw new RangeError(
       `Failed to write tensor ${tensor.name}: current dims are [${dims}], expected 1 to ${GGUF_MAX_DIMS} positive integers`,
+    );
+  }
+  const rowLength = dims[dims.length - 1];
+  if (isQuantized(tensor.type) && rowLength % QUANT_BLOCK_VALUES !== 0) {
+    throw new RangeError(
+      `Failed to write tensor ${tensor.name} as ${tensor.type}: current row length (last dim) is ${rowLength}, ` +
+        `expected a multiple of ${QUANT_BLOCK_VALUES}; store it as F32 or F16`,
     );
   }
   if (tensor.data instanceof Float32Array && tensor.data.length !== elementCount(tensor)) {
@@ -516,7 +646,7 @@ export function planGguf(spec: GgufSpec): GgufLayout {
     out.u32(type);
     out.u64(BigInt(offset));
 
-    const byteSize = elementCount(tensor) * (type === GGML_TYPE_F32 ? 4 : 2);
+    const byteSize = tensorByteSize(tensor, type);
     tensorOffsets.push(offset);
     tensorByteSizes.push(byteSize);
     offset += Math.ceil(byteSize / alignment) * alignment;
@@ -557,8 +687,49 @@ function* chunksOf(tensor: GgufTensorInput): Generator<Float32Array> {
   }
 }
 
+/**
+ * Regroup chunks so that each yielded chunk holds whole blocks of `blockValues`. A partial
+ * block at the end of a chunk is copied into a carry buffer and completed from the next chunk.
+ * The carry buffer is reused, so a consumer must encode a chunk before asking for the next.
+ */
+function* wholeBlocks(chunks: Iterable<Float32Array>, blockValues: number): Generator<Float32Array> {
+  const carry = new Float32Array(blockValues);
+  let carried = 0;
+  for (let chunk of chunks) {
+    if (carried > 0) {
+      const take = Math.min(blockValues - carried, chunk.length);
+      carry.set(chunk.subarray(0, take), carried);
+      carried += take;
+      chunk = chunk.subarray(take);
+      if (carried < blockValues) continue;
+      yield carry;
+      carried = 0;
+    }
+    const whole = chunk.length - (chunk.length % blockValues);
+    if (whole > 0) yield chunk.subarray(0, whole);
+    carry.set(chunk.subarray(whole));
+    carried = chunk.length - whole;
+  }
+  // chunksOf has already thrown when the total is not the element count, and the element
+  // count of a quantized tensor is a multiple of the block size, so nothing is carried here.
+}
+
+/** Encode a tensor's data chunk by chunk; each yielded array is valid until the next is requested. */
+function* encodedChunks(tensor: GgufTensorInput, scratch: { buffer: ArrayBuffer }): Generator<Uint8Array> {
+  const chunks = isQuantized(tensor.type) ? wholeBlocks(chunksOf(tensor), QUANT_BLOCK_VALUES) : chunksOf(tensor);
+  for (const chunk of chunks) yield encodeChunk(chunk, tensor.type, scratch);
+}
+
+/** Return `byteLength` bytes of `scratch.buffer`, first replacing the buffer when it is too small. */
+function scratchBytes(scratch: { buffer: ArrayBuffer }, byteLength: number): Uint8Array {
+  if (scratch.buffer.byteLength < byteLength) scratch.buffer = new ArrayBuffer(byteLength);
+  return new Uint8Array(scratch.buffer, 0, byteLength);
+}
+
 /** Encode one chunk of values as the bytes of `type`, reusing `scratch` when it is large enough. */
 function encodeChunk(chunk: Float32Array, type: GgufTensorType, scratch: { buffer: ArrayBuffer }): Uint8Array {
+  if (type === "Q8_0") return quantizeQ8_0(chunk, scratchBytes(scratch, (chunk.length / 32) * Q8_0_BLOCK_BYTES));
+  if (type === "Q4_0") return quantizeQ4_0(chunk, scratchBytes(scratch, (chunk.length / 32) * Q4_0_BLOCK_BYTES));
   if (type === "F32") {
     if (LITTLE_ENDIAN_HOST) return new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     const bytes = new Uint8Array(chunk.length * 4);
@@ -583,8 +754,7 @@ export function writeGguf(spec: GgufSpec): Uint8Array {
   const scratch = { buffer: new ArrayBuffer(0) };
   spec.tensors.forEach((tensor, index) => {
     let at = layout.header.length + layout.tensorOffsets[index];
-    for (const chunk of chunksOf(tensor)) {
-      const encoded = encodeChunk(chunk, tensor.type, scratch);
+    for (const encoded of encodedChunks(tensor, scratch)) {
       bytes.set(encoded, at);
       at += encoded.length;
     }
@@ -613,8 +783,7 @@ export async function writeGgufFile(path: string, spec: GgufSpec): Promise<GgufL
       const start = layout.header.length + layout.tensorOffsets[index];
       if (start > position) await writeAll(handle, new Uint8Array(start - position));
       position = start;
-      for (const chunk of chunksOf(tensor)) {
-        const encoded = encodeChunk(chunk, tensor.type, scratch);
+      for (const encoded of encodedChunks(tensor, scratch)) {
         await writeAll(handle, encoded);
         position += encoded.length;
       }
@@ -682,7 +851,9 @@ export interface LlamaGgufOptions {
   version?: 1 | 2 | 3;
   /**
    * Storage type of the matrices. Norm weights, biases and `rope_freqs.weight` stay F32,
-   * as llama.cpp's converters keep 1-D tensors. @default "F32"
+   * as llama.cpp's converters keep 1-D tensors. With Q8_0 or Q4_0, a matrix whose row length
+   * is not a multiple of 32 is stored as F16, the last fallback of llama.cpp's quantizer
+   * (`llama_tensor_get_type`). @default "F32"
    */
   tensorType?: GgufTensorType;
   /** `general.name`, omitted when undefined. */
@@ -698,8 +869,8 @@ export interface LlamaGgufOptions {
   extraMetadata?: Iterable<[string, GgufWritableEntry]>;
 }
 
-/** llama.cpp's `general.file_type` values (`enum llama_ftype`) for the two tensor types. */
-const FILE_TYPE = { F32: 0, F16: 1 } as const;
+/** llama.cpp's `general.file_type` values (`enum llama_ftype`: ALL_F32, MOSTLY_F16, MOSTLY_Q4_0, MOSTLY_Q8_0). */
+const FILE_TYPE = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 7 } as const;
 
 /**
  * Reorder the rows of a Q or K projection (or its bias) from the `halves` rotary layout of
@@ -840,8 +1011,11 @@ export function llamaGgufSpec(
   const { config } = weights;
   const matrixType = options.tensorType ?? "F32";
   const tensors: GgufTensorInput[] = [];
-  const add = (name: string, tensor: TensorLike, type: GgufTensorType) =>
-    tensors.push({ name, dims: tensor.dims, type, data: tensor.data });
+  const add = (name: string, tensor: TensorLike, type: GgufTensorType) => {
+    const rowLength = tensor.dims[tensor.dims.length - 1];
+    const stored = isQuantized(type) && rowLength % QUANT_BLOCK_VALUES !== 0 ? "F16" : type;
+    tensors.push({ name, dims: tensor.dims, type: stored, data: tensor.data });
+  };
 
   const toAdjacent = (tensor: TensorLike, heads: number) =>
     config.rope.layout === "halves" ? halvesToAdjacentRows(tensor, heads, config.rope.dim) : tensor;

@@ -28,10 +28,11 @@ export interface LlamaGguf {
 }
 
 /**
- * Load a llama GGUF file from a path or from its bytes. F32 and F16 tensors are read as
- * float32. Throws a one-line error naming the problem for a non-GGUF or truncated file, an
- * architecture other than `llama`, a missing key or tensor, a quantized tensor type or a
- * RoPE scaling that cannot be reproduced exactly, or a vocabulary other than SentencePiece.
+ * Load a llama GGUF file from a path or from its bytes. F32, F16, Q8_0, Q4_0, Q4_K and Q6_K
+ * tensors are read as float32. Throws a one-line error naming the problem for a non-GGUF or
+ * truncated file, an architecture other than `llama`, a missing key or tensor, any other
+ * tensor type, a RoPE scaling that cannot be reproduced exactly, or a vocabulary other than
+ * SentencePiece.
  */
 export async function loadLlamaGguf(source: string | Uint8Array): Promise<LlamaGguf> {
   const bytes = typeof source === "string" ? await readFileBytes(source) : source;
