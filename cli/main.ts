@@ -45,6 +45,9 @@ function buildProgram(): Command {
   return program;
 }
 
+/** Error codes of failed file and stream operations, reported as input or output errors (exit 4). */
+const FILE_ERROR_CODES = new Set(["ENOENT", "EACCES", "EPERM", "ENOSPC", "EIO", "EISDIR", "ENOTDIR", "EROFS", "EDQUOT", "EMFILE"]);
+
 /** Run the command line and return the exit code. */
 export async function main(argv: string[]): Promise<number> {
   const debug = argv.includes("--debug");
@@ -61,6 +64,12 @@ export async function main(argv: string[]): Promise<number> {
       writeStderr(`sinkstream: ${error.message}\n`);
       if (debug) writeStderr(`${error.stack}\n`);
       return error.exitCode;
+    }
+    const errno = (error as NodeJS.ErrnoException).code;
+    if (typeof errno === "string" && FILE_ERROR_CODES.has(errno)) {
+      writeStderr(`sinkstream: ${(error as Error).message}; check the path, its permissions and the free space\n`);
+      if (debug) writeStderr(`${(error as Error).stack}\n`);
+      return ExitCode.input;
     }
     writeStderr(`sinkstream: internal error: ${(error as Error).message ?? error}\n`);
     writeStderr(debug ? `${(error as Error).stack}\n` : "run again with --debug for the stack trace and report it\n");

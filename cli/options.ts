@@ -60,7 +60,7 @@ export function addModelOptions(command: Command): Command {
     .option(
       "--window <n>",
       "recent tokens kept besides the sinks (default: min(1020, context length - sinks))",
-      parseWholeNumber("window size", 0),
+      parseWholeNumber("window size", 1),
     )
     .option("--chunk <n>", "maximum tokens per forward pass while ingesting (default: 32; 1 is exact per-token)", parseWholeNumber("chunk size", 0))
     .option("-n, --max-tokens <n>", "maximum tokens to generate per answer", parseWholeNumber("token limit", 0), 128)

@@ -14,7 +14,7 @@ import { mkdir, open, rename, stat, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import process from "node:process";
-import { NetworkError } from "./errors.ts";
+import { ModelError, NetworkError } from "./errors.ts";
 
 /** The public hub, used unless `HF_ENDPOINT` names another. */
 export const DEFAULT_ENDPOINT = "https://huggingface.co";
@@ -91,7 +91,7 @@ export async function downloadHubFile(file: HubFile, options: DownloadOptions = 
 
   const label = `${file.repo}/${file.path}`;
   if (options.offline) {
-    throw new NetworkError(
+    throw new ModelError(
       `Model file ${label} is not in the cache ${cacheDir} and --offline forbids downloading it; ` +
         `run once without --offline or give a local path`,
     );

@@ -86,6 +86,12 @@ export function resolveCacheSizes(
       `Invalid sink count: current value is ${sinks}; use a whole number ≥ 0 (--sinks)`,
     );
   }
+  if (options.window === undefined && sinks >= contextLength) {
+    throw new UsageError(
+      `Invalid sink count: current value is ${sinks}; with the default window it must be below the ` +
+        `model's context length ${contextLength}, so lower --sinks or set --window`,
+    );
+  }
   const window = options.window ?? Math.min(1020, contextLength - sinks);
   if (!Number.isSafeInteger(window) || window < 1) {
     throw new UsageError(

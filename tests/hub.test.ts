@@ -6,7 +6,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { cachedPath, downloadHubFile, parseHubFileId } from "../core/hub.ts";
-import { NetworkError } from "../core/errors.ts";
+import { ModelError, NetworkError } from "../core/errors.ts";
 
 // A stand-in for the hub on 127.0.0.1 that serves /{org}/{name}/resolve/{revision}/{path}
 // with range requests and the hub's X-Linked-Etag / X-Linked-Size headers.
@@ -110,7 +110,7 @@ describe("downloadHubFile", () => {
     requests.length = 0;
     const error = await downloadHubFile({ repo: "org/model", path: "other.gguf" }, { endpoint, cacheDir, offline: true })
       .catch((e) => e);
-    expect(error).toBeInstanceOf(NetworkError);
+    expect(error).toBeInstanceOf(ModelError);
     expect(error.message).toContain("--offline forbids downloading it");
     expect(requests).toHaveLength(0);
   });

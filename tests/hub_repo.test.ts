@@ -10,7 +10,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { NetworkError } from "../core/errors.ts";
+import { ModelError, NetworkError } from "../core/errors.ts";
 import { downloadHubRepo, parseHubRepoId, REPO_MARKER, repoCacheDir, selectModelFiles } from "../core/hf/hub_repo.ts";
 import { cachedPath } from "../core/hub.ts";
 import { loadLlamaGguf } from "../core/llama_gguf.ts";
@@ -158,7 +158,7 @@ describe("downloadHubRepo", () => {
     const cacheDir = await freshCache();
     hub.requests.length = 0;
     const error = await downloadHubRepo({ repo: "test/qwen2-tiny" }, { endpoint: hub.endpoint, cacheDir, offline: true }).catch((e) => e);
-    expect(error).toBeInstanceOf(NetworkError);
+    expect(error).toBeInstanceOf(ModelError);
     expect(error.message).toContain("--offline forbids downloading it");
     expect(hub.requests).toHaveLength(0);
 

@@ -3,6 +3,7 @@
 import process from "node:process";
 import type { Command } from "commander";
 import { defaultCacheDir } from "../../core/hub.ts";
+import { ModelError } from "../../core/errors.ts";
 import { describeModel, listCachedModels, type ModelDescription } from "../../core/model_info.ts";
 import { DEFAULT_MODEL, resolveModelPath } from "../../core/model.ts";
 import { writeStderr, writeStdout } from "../io.ts";
@@ -77,7 +78,16 @@ export function registerModels(program: Command): void {
     .option("--offline", "never download; use only local files and the cache")
     .action(async (spec: string, options: ModelsOptions) => {
       const path = await resolveModelPath(spec, { offline: options.offline, onProgress: progressPrinter(options) });
-      const description = await describeModel(path);
+      let description: ModelDescription;
+      try {
+        description = await describeModel(path);
+      } catch (error) {
+        // The GGUF parser's RangeError and TypeError messages name what is wrong with the file.
+        if (error instanceof RangeError || error instanceof TypeError) {
+          throw new ModelError(`Cannot inspect model ${path}: ${error.message}`);
+        }
+        throw error;
+      }
       if (options.json) {
         const { config, ...rest } = description;
         const rope = config ? { ...config.rope, invFreq: Array.from(config.rope.invFreq) } : undefined;

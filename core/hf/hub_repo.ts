@@ -12,7 +12,7 @@
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
-import { NetworkError } from "../errors.ts";
+import { ModelError, NetworkError } from "../errors.ts";
 import { DEFAULT_ENDPOINT, type DownloadOptions, defaultCacheDir, downloadHubFile } from "../hub.ts";
 import { HF_OPTIONAL_FILES, HF_REQUIRED_FILES, ONNX_VARIANTS } from "./hf_model.ts";
 
@@ -125,7 +125,7 @@ export async function downloadHubRepo(repo: HubRepo, options: RepoDownloadOption
     // Not downloaded completely yet.
   }
   if (options.offline) {
-    throw new NetworkError(
+    throw new ModelError(
       `Model ${repo.repo} is not in the cache ${cacheDir} and --offline forbids downloading it; ` +
         `run once without --offline or give a local path`,
     );
