@@ -61,7 +61,7 @@ export function addArchiveOptions(command: Command): Command {
     .option("--archive-max-age <seconds>", "delete archived lines older than this (s, m, h, d suffixes)", parseAge)
     .option(
       "--recall <k>",
-      `archived lines to recall into each answer's prompt, 0 to turn recall off (default: ${DEFAULT_RECALL_LINES})`,
+      `archived lines to recall into each answer's prompt, 0 to turn recall off`,
       parseWholeNumber("recall line count", 0),
       DEFAULT_RECALL_LINES,
     );

@@ -126,7 +126,9 @@ export async function runAnswerStream(
     }
   }
   await ingestor.flush();
-  answers.push(await answer(model, session, ingestor, run, true));
+  // The final answer is skipped when an --every answer was just given for the same lines.
+  const answeredLast = answers.length > 0 && answers[answers.length - 1].lines === ingestor.lines;
+  if (!answeredLast) answers.push(await answer(model, session, ingestor, run, true));
   return answers;
 }
 
