@@ -11,7 +11,8 @@
 
 import * as ort from "onnxruntime-web";
 import { embeddedFiles } from "./embedded_files.ts";
-import { buildLlamaOnnx, pastName, presentName } from "./onnx/llama_graph.ts";
+import { UsageError } from "./errors.ts";
+import { buildLlamaOnnxWithExternalData, pastName, presentName } from "./onnx/llama_graph.ts";
 import type { LlamaConfig, LlamaWeights } from "./types.ts";
 
 /** Options of {@link DecoderRuntime.create} and {@link DecoderRuntime.fromOnnx}. */
@@ -155,11 +156,18 @@ export class DecoderRuntime {
     this.#logitsToKeepInput = ["num_logits_to_keep", "logits_to_keep"].find((name) => session.inputNames.includes(name));
   }
 
-  /** Build the ONNX graph of `weights` and start a session on it. */
+  /**
+   * Build the ONNX graph of `weights` and start a session on it. The weights go to ONNX
+   * Runtime as external data, not inside the protobuf, so models over 2 GiB load and the
+   * weights are not copied into one joined buffer first. `options.externalData` is ignored.
+   */
   static async create(weights: LlamaWeights, options: DecoderRuntimeOptions = {}): Promise<DecoderRuntime> {
     const maxPositions = options.maxPositions ?? weights.config.contextLength;
-    const bytes = buildLlamaOnnx(weights, { maxPositions, presentNewOnly: options.presentNewOnly });
-    return await DecoderRuntime.fromOnnx(bytes, weights.config, { ...options, maxPositions });
+    const { model, externalData } = buildLlamaOnnxWithExternalData(weights, {
+      maxPositions,
+      presentNewOnly: options.presentNewOnly,
+    });
+    return await DecoderRuntime.fromOnnx(model, weights.config, { ...options, maxPositions, externalData });
   }
 
   /** Start a session on ONNX model bytes with the same input and output signature. */
@@ -403,10 +411,11 @@ async function loadNativeOrt(): Promise<OrtApi> {
     return await import("onnxruntime-node") as unknown as OrtApi;
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    throw new Error(
+    // A missing optional dependency is a choice of backend the user can change, not a bug.
+    throw new UsageError(
       `Failed to load onnxruntime-node for the native backend: ${message}; install it with ` +
-        `"npm install onnxruntime-node@1.30.0" or use --backend wasm`,
-      { cause: error },
+        `"npm install onnxruntime-node@1.30.0" when running from source, or use --backend wasm ` +
+        `(the single binaries include only the wasm backend)`,
     );
   }
 }

@@ -15,6 +15,7 @@ import {
   encodeModel,
   float32Bytes,
   int64Bytes,
+  type ModelInit,
   type NodeInit,
   type TensorProtoInit,
   type ValueInfoInit,
@@ -36,7 +37,26 @@ export interface LlamaGraphOptions {
   presentNewOnly?: boolean;
 }
 
+/**
+ * ONNX model bytes whose large initializers are kept outside the protobuf, which cannot
+ * exceed 2 GiB, so that models with more than about 500M float32 weights can be loaded.
+ */
+export interface LlamaOnnxWithExternalData {
+  /** The `ModelProto` bytes; each large initializer names its file in `external_data`. */
+  model: Uint8Array;
+  /**
+   * One file per external initializer, in the form of ONNX Runtime's session option
+   * `externalData`: `path` is the `location` the model names, `data` the raw little-endian
+   * payload. Float32 weights are not copied, so `data` may share memory with `weights`.
+   */
+  externalData: { path: string; data: Uint8Array }[];
+}
+
 const OPSET_VERSION = 17;
+/** Initializers of at least this many bytes go to external data; smaller ones stay inline. */
+const EXTERNAL_DATA_MIN_BYTES = 1024;
+/** Whether typed arrays are little-endian here, so float32 payloads can be used in place. */
+const LITTLE_ENDIAN_HOST = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
 /** IR version 8 is the one that goes with opset 17. */
 const IR_VERSION = 8;
 /** Score given to masked keys: the lowest float32, as Hugging Face models use. */
@@ -79,8 +99,12 @@ class GraphBuilder {
     return outputs;
   }
 
+  /** Add a float32 initializer; a `Float32Array` is used in place on little-endian hosts. */
   float(name: string, dims: number[], values: ArrayLike<number>): string {
-    this.initializers.push({ name, dataType: DataType.FLOAT, dims, rawData: float32Bytes(values) });
+    const rawData = values instanceof Float32Array && LITTLE_ENDIAN_HOST
+      ? new Uint8Array(values.buffer, values.byteOffset, values.byteLength)
+      : float32Bytes(values);
+    this.initializers.push({ name, dataType: DataType.FLOAT, dims, rawData });
     return name;
   }
 
@@ -115,6 +139,36 @@ class GraphBuilder {
  * `[batch, num_logits_to_keep, vocab]`, the rows of the last positions.
  */
 export function buildLlamaOnnx(weights: LlamaWeights, options: LlamaGraphOptions = {}): Uint8Array {
+  return encodeModel(buildLlamaModel(weights, options));
+}
+
+/**
+ * Build the same decoder as {@link buildLlamaOnnx}, with every initializer of 1 KiB or more
+ * stored as ONNX external data instead of `raw_data`. The weights are then never joined into
+ * one buffer, and models whose weights exceed protobuf's 2 GiB limit can be built.
+ *
+ * @example
+ * ```ts
+ * const { model, externalData } = buildLlamaOnnxWithExternalData(weights);
+ * const session = await ort.InferenceSession.create(model, { externalData });
+ * ```
+ */
+export function buildLlamaOnnxWithExternalData(
+  weights: LlamaWeights,
+  options: LlamaGraphOptions = {},
+): LlamaOnnxWithExternalData {
+  const model = buildLlamaModel(weights, options);
+  const externalData: LlamaOnnxWithExternalData["externalData"] = [];
+  for (const tensor of model.graph.initializers) {
+    if (tensor.rawData.length < EXTERNAL_DATA_MIN_BYTES) continue;
+    const path = `${tensor.name}.bin`;
+    tensor.external = { location: path, offset: 0, length: tensor.rawData.length };
+    externalData.push({ path, data: tensor.rawData });
+  }
+  return { model: encodeModel(model), externalData };
+}
+
+function buildLlamaModel(weights: LlamaWeights, options: LlamaGraphOptions): ModelInit {
   const config = weights.config;
   const maxPositions = options.maxPositions ?? config.contextLength;
   if (!Number.isInteger(maxPositions) || maxPositions < 1) {
@@ -143,7 +197,7 @@ export function buildLlamaOnnx(weights: LlamaWeights, options: LlamaGraphOptions
   const normed = addRmsNorm(g, hidden, g.float("output_norm", weights.outputNorm.dims, weights.outputNorm.data), shared);
   g.op("MatMul", [normed, g.transposedWeight("output_weight_t", weights.output)], [], "logits");
 
-  return encodeModel({
+  return {
     irVersion: IR_VERSION,
     producerName: "sinkstream",
     opsetImports: [{ domain: "", version: OPSET_VERSION }],
@@ -154,7 +208,7 @@ export function buildLlamaOnnx(weights: LlamaWeights, options: LlamaGraphOptions
       inputs: graphInputs(weights),
       outputs: graphOutputs(weights, options.presentNewOnly ?? false),
     },
-  });
+  };
 }
 
 function graphInputs(weights: LlamaWeights): ValueInfoInit[] {

@@ -24,12 +24,29 @@ enum AttributeType {
   INTS = 7,
 }
 
-/** A tensor whose payload is already encoded as little-endian `raw_data`. */
+/**
+ * Place of a tensor's bytes outside the protobuf, written as `external_data` entries with
+ * `data_location = EXTERNAL`. ONNX Runtime resolves `location` against the external data files
+ * passed to it (session option `externalData`) or against the model file's folder.
+ */
+export interface ExternalDataLocation {
+  /** Relative file name. */
+  location: string;
+  /** Byte offset in that file. */
+  offset: number;
+  /** Byte count. */
+  length: number;
+}
+
+/** A tensor whose payload is already encoded as little-endian bytes. */
 export interface TensorProtoInit {
   name: string;
   dataType: DataType;
   dims: number[];
+  /** The payload, written as `raw_data` unless `external` is set. */
   rawData: Uint8Array;
+  /** Location of the payload in place of `raw_data`; the caller writes `rawData` there. */
+  external?: ExternalDataLocation;
 }
 
 /** One node attribute, tagged by its ONNX attribute type. */
@@ -150,11 +167,30 @@ class ProtoWriter {
   }
 }
 
+/** `TensorProto.DataLocation.EXTERNAL`. */
+const DATA_LOCATION_EXTERNAL = 1;
+
 function writeTensor(w: ProtoWriter, t: TensorProtoInit): void {
   for (const d of t.dims) w.int(1, d); // dims
   w.int(2, t.dataType); // data_type
   w.string(8, t.name); // name
-  w.bytes(9, t.rawData); // raw_data
+  if (!t.external) {
+    w.bytes(9, t.rawData); // raw_data
+    return;
+  }
+  const entries: [string, string][] = [
+    ["location", t.external.location],
+    ["offset", String(t.external.offset)],
+    ["length", String(t.external.length)],
+  ];
+  for (const [key, value] of entries) {
+    // external_data (13) -> StringStringEntryProto { key (1), value (2) }
+    w.message(13, (entry) => {
+      entry.string(1, key);
+      entry.string(2, value);
+    });
+  }
+  w.int(14, DATA_LOCATION_EXTERNAL); // data_location
 }
 
 function writeAttribute(w: ProtoWriter, a: AttributeInit): void {
