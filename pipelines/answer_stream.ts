@@ -7,9 +7,9 @@ import type { LoadedModel } from "../core/model.ts";
 import { type RecalledLine, type Request, renderPrompt } from "../core/prompt.ts";
 import type { Sampler } from "../core/sampler.ts";
 import type { StreamingSession } from "../core/session.ts";
-import { assertPromptFits, StopTextFilter } from "../core/stop_text.ts";
+import { assertPromptFits } from "../core/stop_text.ts";
 import type { TextTokenizer } from "../core/text_tokenizer.ts";
-import { Detokenizer } from "../core/tokenizer.ts";
+import { generateText } from "./generate.ts";
 import type { LineArchiver } from "./line_archiver.ts";
 import { promptTokenBudget, type RecallHit, recallForPrompt, type RecallSettings } from "./recall.ts";
 
@@ -190,24 +190,11 @@ export async function answer(
   };
   run.onAnswerStart?.(header);
 
-  const detokenizer = new Detokenizer(tokenizer);
-  const stopFilter = new StopTextFilter(model.stopStrings);
-  let text = "";
-  const emit = (piece: string) => {
-    text += piece;
-    if (piece) run.onAnswerText?.(piece);
-  };
-  await session.generate(promptIds, {
+  const { text } = await generateText(model, session, promptIds, {
     maxTokens: run.maxTokens,
     sampler: run.sampler,
-    stopIds: model.stopIds,
-    onToken: (id) => {
-      const { text: piece, stopped } = stopFilter.push(detokenizer.push(id));
-      emit(piece);
-      return !stopped;
-    },
+    onText: (piece) => run.onAnswerText?.(piece),
   });
-  if (!stopFilter.stopped) emit(stopFilter.push(detokenizer.flush()).text + stopFilter.flush());
 
   const result = { ...header, text };
   run.onAnswer?.(result);

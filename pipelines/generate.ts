@@ -22,6 +22,21 @@ export async function runGenerate(
   run: GenerateRun,
 ): Promise<{ ids: number[]; text: string }> {
   const promptIds = model.tokenizer.encode(run.prompt, { addBos: true, addSpacePrefix: true });
+  return await generateText(model, session, promptIds, run);
+}
+
+/**
+ * Generate after `promptIds` on the session's snapshot and return the ids and the text.
+ *
+ * Generation ends at the model's stop ids, at a stop string (never printed, not even in part)
+ * or after `maxTokens`. `onText` receives whole characters as they are generated.
+ */
+export async function generateText(
+  model: LoadedModel,
+  session: StreamingSession,
+  promptIds: number[],
+  run: Omit<GenerateRun, "prompt">,
+): Promise<{ ids: number[]; text: string }> {
   const detokenizer = new Detokenizer(model.tokenizer);
   const stopFilter = new StopTextFilter(model.stopStrings);
   let text = "";

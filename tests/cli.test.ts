@@ -115,7 +115,7 @@ describe("errors and pipes", () => {
   const cases: [string, string[], number, RegExp][] = [
     ["missing model", ["summarize", "--model", "/nonexistent/model.gguf"], 3, /^sinkstream: Model file not found: \/nonexistent\/model.gguf; /],
     ["a log as the model", ["summarize", "--model", `${LOGS_DIR}Linux_2k.log`], 3, /^sinkstream: Cannot load model .*Linux_2k.log: Failed to parse GGUF: not a GGUF file/],
-    ["window 0", ["summarize", "--model", STORIES_V1, "--window", "0"], 2, /^sinkstream: Invalid window size: current value is 0; /],
+    ["window 0", ["summarize", "--model", STORIES_V1, "--window", "0"], 2, /^sinkstream: Invalid window size: current value is "0"; use a whole number ≥ 1/],
     ["window not a number", ["summarize", "--window", "abc"], 2, /Invalid window size: current value is "abc"/],
     ["unknown option", ["summarize", "--windw", "3"], 2, /unknown option '--windw'/],
   ];
