@@ -8,6 +8,7 @@
  */
 
 import process from "node:process";
+import { setImmediate } from "node:timers";
 import { type Command, Option } from "commander";
 import { InputError, StateError, UsageError } from "../core/errors.ts";
 import { FileFollower } from "../core/follow.ts";
@@ -116,6 +117,11 @@ export async function runLineStream(
   try {
     try {
       while (!stopping) {
+        // Give signal handlers a turn before each line. Ingesting a line can resolve entirely
+        // in microtasks, and while lines are queued the loop would otherwise never reach the
+        // event loop, where SIGINT and SIGTERM are delivered.
+        await new Promise((resolve) => setImmediate(resolve));
+        if (stopping) break;
         const taken = await queue.take(consumer.msUntilTimer?.());
         if (stopping) break;
         if (taken.kind === "end") break;

@@ -18,6 +18,7 @@
  * afterwards, so the stream continues exactly as if nothing had been asked.
  */
 
+import { setImmediate } from "node:timers";
 import type { KvKernel } from "./kv_kernel.ts";
 import type { DecoderRuntime } from "./runtime.ts";
 import { Sampler } from "./sampler.ts";
@@ -216,6 +217,9 @@ export class StreamingSession {
         generated.push(next);
         if (options.onToken?.(next) === false) break;
         if (generated.length === maxTokens) break;
+        // Give the event loop a turn between tokens. A forward pass can resolve entirely in
+        // microtasks, and without this, signal handlers and I/O callbacks wait for the whole answer.
+        await new Promise((resolve) => setImmediate(resolve));
         const { logits } = await this.#forward([next], 1);
         last = logits;
       }

@@ -134,4 +134,37 @@ describe("errors and pipes", () => {
     expect(run.code).toBe(0);
     expect(run.stderr).not.toContain("error");
   }, CLI_TIMEOUT_MS);
+
+  for (const runtime of Object.keys(RUNTIMES)) {
+    for (const json of [false, true]) {
+      test(`${runtime} summarize --every${json ? " --json" : ""} after head -1, input open`, async () => {
+        const [command, ...prefix] = RUNTIMES[runtime];
+        const args = ["summarize", "--model", STORIES_V1, "--every", "5", "--max-tokens", "4", ...(json ? ["--json"] : [])];
+        const child = spawn(command, [...prefix, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: "1" } });
+        let stdout = "";
+        let stderr = "";
+        child.stdout.on("data", (chunk) => {
+          stdout += chunk;
+          // Like `| head -1`: close our end after the first line.
+          if (stdout.includes("\n")) child.stdout.destroy();
+        });
+        child.stderr.on("data", (chunk) => (stderr += chunk));
+        child.stdin.on("error", () => {});
+        const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+        // Standard input stays open, as under `tail -F log | sinkstream … | head -1`.
+        child.stdin.write(headLines("Linux_2k.log", 30) + "\n");
+
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const timedOut = new Promise<"timed out">((resolve) => (timer = setTimeout(() => resolve("timed out"), 30_000)));
+        const code = await Promise.race([exited, timedOut]);
+        clearTimeout(timer);
+        child.stdin.end();
+        if (code === "timed out") child.kill("SIGKILL");
+
+        expect(code).toBe(0);
+        expect(stderr).not.toContain("    at ");
+        expect(stderr).not.toContain("Error");
+      }, CLI_TIMEOUT_MS);
+    }
+  }
 });

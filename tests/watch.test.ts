@@ -1,12 +1,24 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import process from "node:process";
 import { BoundedQueue } from "../core/line_queue.ts";
 import { Sampler } from "../core/sampler.ts";
 import { readStateFile } from "../core/stream_state.ts";
 import { type WatchEvent, Watcher, type WatchRun } from "../pipelines/watch.ts";
-import { logLines, records, runCli, startCli, waitFor } from "./support/cli.ts";
+import {
+  type CliProcess,
+  type CliRun,
+  logLines,
+  records,
+  ROOT,
+  runCli,
+  RUNTIMES,
+  startCli,
+  waitFor,
+} from "./support/cli.ts";
 import { STORIES_V1, STORIES_V3, storiesSession } from "./support/stories.ts";
 
 const CLI_TIMEOUT_MS = 120_000;
@@ -205,4 +217,75 @@ describe("watch command", () => {
     expect(run.code).toBe(2);
     expect(run.stderr).toMatch(/^sinkstream: Invalid duration: current value is "soon"; /);
   }, CLI_TIMEOUT_MS);
+});
+
+/**
+ * Signal tests start the Deno binary itself, because the npm `deno` launcher is a Node process
+ * that would take the signal and leave Deno running.
+ */
+const SIGNAL_RUNTIMES: Record<string, string[]> = {
+  bun: RUNTIMES.bun,
+  deno: [`${ROOT}node_modules/deno/deno`, "run", "-A", "cli/main.ts"],
+};
+
+/** Start the CLI with `input` on standard input, which is then closed. */
+function startSignalled(runtime: string, args: string[], input: string): CliProcess {
+  const [command, ...prefix] = SIGNAL_RUNTIMES[runtime];
+  const child = spawn(command, [...prefix, ...args], { cwd: ROOT, env: { ...process.env, NO_COLOR: "1" } });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk) => (stdout += chunk));
+  child.stderr.on("data", (chunk) => (stderr += chunk));
+  child.stdin.on("error", () => {});
+  child.stdin.end(input);
+  const done = new Promise<CliRun>((resolve) =>
+    child.on("close", (code, signal) => resolve({ code, signal, stdout, stderr }))
+  );
+  return { child, stdout: () => stdout, stderr: () => stderr, done };
+}
+
+describe("signals while lines are queued", () => {
+  // All 2000 lines are queued at once; ingesting them takes far longer than the test allows.
+  const input = logLines("HDFS_2k.log", 0, 2000);
+
+  for (const runtime of Object.keys(SIGNAL_RUNTIMES)) {
+    test(`${runtime} score stops soon after SIGINT`, async () => {
+      const cli = startSignalled(runtime, ["score", "--model", STORIES_V1, "--json"], input);
+      await waitFor(() => cli.stdout().includes("\n"), CLI_TIMEOUT_MS / 2, "the first line record");
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      cli.child.kill("SIGINT");
+      const signalled = performance.now();
+      const run = await cli.done;
+
+      expect(performance.now() - signalled).toBeLessThan(5000);
+      expect(run.code).toBe(0);
+      expect(run.stderr).not.toContain("    at ");
+      const all = records(run.stdout);
+      const lineRecords = all.filter((record) => record.type === "line");
+      expect(lineRecords.length).toBeGreaterThan(0);
+      expect(lineRecords.length).toBeLessThan(2000);
+      expect(all.at(-1)).toMatchObject({ type: "stats", lines: lineRecords.length });
+    }, CLI_TIMEOUT_MS);
+
+    test(`${runtime} watch second SIGINT during final answer`, async () => {
+      // 2000 tokens of final answer take seconds, so the second SIGINT arrives while it runs.
+      const path = join(scratch, `${runtime}-queued.state`);
+      const cli = startSignalled(runtime, [
+        "watch", "--model", STORIES_V1, "--every", "100000", "--max-tokens", "2000", "--window", "2040",
+        "--temperature", "1", "--seed", "1", "--json", "--quiet", "--state", path, "--save-every", "1",
+      ], input);
+      // A saved state means the stream runs and the signal handlers are installed.
+      await waitFor(() => existsSync(path), CLI_TIMEOUT_MS / 2, "the first saved state");
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      cli.child.kill("SIGINT");
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      cli.child.kill("SIGINT");
+      const signalled = performance.now();
+      const run = await cli.done;
+
+      expect(performance.now() - signalled).toBeLessThan(1000);
+      expect(run.code).toBe(130);
+      expect(records(run.stdout).filter((record) => record.type === "stats")).toHaveLength(0);
+    }, CLI_TIMEOUT_MS);
+  }
 });

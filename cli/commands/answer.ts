@@ -1,5 +1,6 @@
 /** `sinkstream summarize` and `sinkstream ask`: answer a request about a stream read from stdin. */
 
+import process from "node:process";
 import { type Command, Option } from "commander";
 import type { LoadedModel } from "../../core/model.ts";
 import type { Request } from "../../core/prompt.ts";
@@ -15,7 +16,7 @@ import {
   recalledRecord,
   type StreamArchive,
 } from "../archive_options.ts";
-import { stdinBytes, writeStderr, writeStdout } from "../io.ts";
+import { stdinBytes, StdoutClosedError, writeStderr, writeStdout } from "../io.ts";
 import { addModelOptions, type ModelOptions, openModel, openSession, parseWholeNumber } from "../options.ts";
 import { ProgressReporter } from "../progress.ts";
 
@@ -41,11 +42,15 @@ async function answerCommand(request: Request, options: ModelOptions & ArchiveOp
   const { model } = await openModel(options);
   const session = await openSession(model, options);
   const archive = await openStreamArchive(options, session);
+  let ended: "end" | "stdout-closed";
   try {
-    await answerStream(request, options, model, session, archive);
+    ended = await answerStream(request, options, model, session, archive);
   } finally {
     archive?.close();
   }
+  // Standard input may still be open (`| head`). Nothing more will be read from it, and its
+  // pending read would keep the process alive.
+  if (ended === "stdout-closed") process.exit(0);
 }
 
 async function answerStream(
@@ -54,15 +59,26 @@ async function answerStream(
   model: LoadedModel,
   session: StreamingSession,
   archive: StreamArchive | undefined,
-): Promise<void> {
+): Promise<"end" | "stdout-closed"> {
   const progress = new ProgressReporter(session, { quiet: options.quiet });
   const sampler = new Sampler({ temperature: options.temperature, seed: options.seed });
+
+  // Writes are queued so that answers stream without waiting for the pipe. The first failed
+  // write rejects `writeFailure` and skips the writes queued after it.
+  let writeFailed = false;
+  let rejectWrites!: (error: unknown) => void;
+  const writeFailure = new Promise<never>((_, reject) => (rejectWrites = reject));
   let pendingWrite: Promise<void> = Promise.resolve();
   const write = (text: string) => {
-    pendingWrite = pendingWrite.then(() => writeStdout(text));
+    pendingWrite = pendingWrite
+      .then(() => (writeFailed ? undefined : writeStdout(text)))
+      .catch((error) => {
+        writeFailed = true;
+        rejectWrites(error);
+      });
   };
 
-  await runAnswerStream(model, session, readLines(stdinBytes()), {
+  const streamed = runAnswerStream(model, session, readLines(stdinBytes()), {
     request,
     every: options.every,
     maxTokens: options.maxTokens,
@@ -98,8 +114,20 @@ async function answerStream(
         write(answer.text.endsWith("\n") ? "\n" : "\n\n");
       }
     },
-  });
-  await pendingWrite;
+  }).then(() => pendingWrite);
+  // The race settles on whichever fails first. Marking both handled keeps the loser's later
+  // rejection from being reported as unhandled.
+  streamed.catch(() => {});
+  writeFailure.catch(() => {});
+  try {
+    // A closed standard output ends the stream at once, even while the read of standard input
+    // waits for a line that may never come.
+    await Promise.race([streamed, writeFailure]);
+    if (writeFailed) await writeFailure;
+  } catch (error) {
+    if (error instanceof StdoutClosedError) return "stdout-closed";
+    throw error;
+  }
   archive?.finish();
   const archiveStats = archive === undefined ? {} : {
     archived_lines: archive.archiver.archivedLines,
@@ -107,4 +135,5 @@ async function answerStream(
   };
   if (options.json) await writeStdout(JSON.stringify({ type: "stats", ...progress.summary(), ...archiveStats }) + "\n");
   else if (!options.quiet) progress.printSummary();
+  return "end";
 }
