@@ -7,6 +7,8 @@
  * written, the state is saved and the process exits 0. A second SIGINT exits at once with 130.
  */
 
+import { access, constants } from "node:fs/promises";
+import { dirname } from "node:path";
 import process from "node:process";
 import { setImmediate } from "node:timers";
 import { type Command, Option } from "commander";
@@ -89,6 +91,7 @@ export async function runLineStream(
   if (options.saveEvery !== undefined && options.state === undefined) {
     throw new UsageError("Invalid --save-every without --state: give --state FILE to say where to save");
   }
+  if (options.state !== undefined) await checkStateDirectory(options.state);
   const fingerprint = options.state === undefined ? "" : await modelFingerprint(model.path);
   const resumed = options.state === undefined ? false : await resume(session, options.state, fingerprint, consumer);
   const save = async () => {
@@ -204,5 +207,17 @@ async function produce(options: StreamOptions, queue: BoundedQueue<string>, sign
   } catch (error) {
     const message = (error as Error).message ?? String(error);
     queue.fail(new InputError(`Failed to read the input${options.follow ? ` ${options.follow}` : ""}: ${message}`));
+  }
+}
+
+/** Fail before reading any input when the state file's folder cannot be written. */
+async function checkStateDirectory(path: string): Promise<void> {
+  const folder = dirname(path);
+  try {
+    await access(folder, constants.W_OK);
+  } catch {
+    throw new InputError(
+      `Cannot write the state file ${path}: the folder ${folder} does not exist or is not writable; create it or choose another --state path`,
+    );
   }
 }

@@ -246,3 +246,12 @@ describe("resumed stream", () => {
     expect(watch.stderr).toContain('it was saved by the "score" command, not "watch"');
   }, CLI_TIMEOUT_MS);
 });
+
+describe("state path", () => {
+  test("unwritable folder fails before reading input", async () => {
+    const run = await runCli("bun", ["score", "--model", STORIES_V1, "--state", "/nonexistent-folder/x.state"], "one line\n");
+    expect(run.code).toBe(4);
+    expect(run.stderr).toContain("Cannot write the state file /nonexistent-folder/x.state: the folder /nonexistent-folder does not exist");
+    expect(run.stdout).toBe("");
+  }, 60_000);
+});
