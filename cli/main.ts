@@ -29,6 +29,8 @@ function buildProgram(): Command {
       throw new CommanderError(ExitCode.ok, "commander.version", text);
     })
     .showHelpAfterError("(run with --help for usage)")
+    // Commander's own errors follow the one-line `sinkstream: …` format of every other error.
+    .configureOutput({ outputError: (text, write) => write(`sinkstream: ${text.replace(/^error: /, "")}`) })
     .exitOverride();
 
   // One register function per command file in cli/commands/.

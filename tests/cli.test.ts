@@ -117,7 +117,7 @@ describe("errors and pipes", () => {
     ["a log as the model", ["summarize", "--model", `${LOGS_DIR}Linux_2k.log`], 3, /^sinkstream: Cannot load model .*Linux_2k.log: Failed to parse GGUF: not a GGUF file/],
     ["window 0", ["summarize", "--model", STORIES_V1, "--window", "0"], 2, /^sinkstream: Invalid window size: current value is "0"; use a whole number ≥ 1/],
     ["window not a number", ["summarize", "--window", "abc"], 2, /Invalid window size: current value is "abc"/],
-    ["unknown option", ["summarize", "--windw", "3"], 2, /unknown option '--windw'/],
+    ["unknown option", ["summarize", "--windw", "3"], 2, /^sinkstream: unknown option '--windw'/],
   ];
   for (const [name, args, code, message] of cases) {
     test(`${name} exits ${code} with one line`, async () => {
