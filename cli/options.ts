@@ -50,7 +50,7 @@ export function parseNonNegative(name: string) {
 }
 
 export function addModelOptions(command: Command): Command {
-  return command
+  command
     .option(
       "-m, --model <path>",
       "GGUF file, Hugging Face model directory, hub repository org/name[@revision] or hub file org/name/file.gguf[@revision]",
@@ -66,7 +66,15 @@ export function addModelOptions(command: Command): Command {
     .option("-n, --max-tokens <n>", "maximum tokens to generate per answer", parseWholeNumber("token limit", 0), 128)
     .option("-t, --temperature <t>", "sampling temperature, 0 for greedy", parseNonNegative("temperature"), 0)
     .option("--seed <n>", "seed of the sampler", parseWholeNumber("seed", 0), 0)
-    .option("--json", "write NDJSON records to standard output")
+    .option("--json", "write NDJSON records to standard output");
+  return addRuntimeOptions(command)
+    .option("-q, --quiet", "print no progress or statistics on standard error")
+    .option("--debug", "print stack traces of errors");
+}
+
+/** Add the options that choose how and from where the model runs: threads, backend, files. */
+export function addRuntimeOptions(command: Command): Command {
+  return command
     .option("--threads <n>", "ONNX Runtime threads", parseWholeNumber("thread count", 1), 1)
     .addOption(
       new Option("--backend <name>", "ONNX Runtime build: wasm (onnxruntime-web) or native (onnxruntime-node, optional)")
@@ -74,9 +82,7 @@ export function addModelOptions(command: Command): Command {
         .default("wasm"),
     )
     .option("--offline", "never download; use only local files and the cache")
-    .option("--onnx-file <name>", "ONNX file under onnx/ of a Hugging Face model (default: the first of model.onnx, model_quantized.onnx, …)")
-    .option("-q, --quiet", "print no progress or statistics on standard error")
-    .option("--debug", "print stack traces of errors");
+    .option("--onnx-file <name>", "ONNX file under onnx/ of a Hugging Face model (default: the first of model.onnx, model_quantized.onnx, …)");
 }
 
 export async function openModel(options: ModelOptions): Promise<{ model: LoadedModel }> {

@@ -5,11 +5,11 @@ import { type Command, Option } from "commander";
 import { ExitCode, SinkstreamError, UsageError } from "../../core/errors.ts";
 import { DEFAULT_MODEL } from "../../core/model.ts";
 import { POLICY_NAMES, type PolicyName, type PolicySizes, requiredPositions } from "../../core/policies.ts";
-import { type Backend, BACKENDS } from "../../core/runtime.ts";
+import type { Backend } from "../../core/runtime.ts";
 import { resolveCacheSizes } from "../../core/session.ts";
 import { type EvalSummary, parseIdStream, runEval, tokenizeLines } from "../../pipelines/eval.ts";
 import { peakRssBytes, stdinBytes, writeStderr, writeStdout } from "../io.ts";
-import { type ModelOptions, openModel, parseWholeNumber } from "../options.ts";
+import { addRuntimeOptions, type ModelOptions, openModel, parseWholeNumber } from "../options.ts";
 
 /** Rows of the RoPE table for `--policy dense` when `--max-positions` is not given. */
 const DEFAULT_DENSE_POSITIONS = 8192;
@@ -35,7 +35,7 @@ interface EvalOptions {
 
 /** Add the `eval` command to the program. */
 export function registerEval(program: Command): void {
-  program
+  const command = program
     .command("eval")
     .description(
       "score every token of standard input after the first and print its perplexity under a KV cache policy",
@@ -70,15 +70,8 @@ export function registerEval(program: Command): void {
       parseWholeNumber("position limit", 1),
     )
     .option("--ids", "read whitespace-separated token ids instead of text")
-    .option("--json", "write one NDJSON record per scored token and a summary record")
-    .option("--threads <n>", "ONNX Runtime threads", parseWholeNumber("thread count", 1), 1)
-    .addOption(
-      new Option("--backend <name>", "ONNX Runtime build: wasm (onnxruntime-web) or native (onnxruntime-node, optional)")
-        .choices(BACKENDS)
-        .default("wasm"),
-    )
-    .option("--offline", "never download; use only local files and the cache")
-    .option("--onnx-file <name>", "ONNX file under onnx/ of a Hugging Face model (default: the first of model.onnx, model_quantized.onnx, …)")
+    .option("--json", "write one NDJSON record per scored token and a summary record");
+  addRuntimeOptions(command)
     .option("-q, --quiet", "print no progress on standard error")
     .option("--debug", "print stack traces of errors")
     .action((options) => evalCommand(options));
