@@ -1,8 +1,8 @@
 /**
  * Errors that end a command with a one-line message and a documented exit code.
  *
- * The command line prints `sinkstream: <message>` for these and exits with `exitCode`;
- * any other error is a bug and exits with 1 (the stack trace is printed with `--debug`).
+ * The command line prints `sinkstream: <message>` for these and exits with `exitCode`.
+ * Any other error is a bug and exits with 1 (the stack trace is printed with `--debug`).
  */
 
 /** Exit codes of the command line, documented in the README. */

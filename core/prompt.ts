@@ -13,7 +13,7 @@
 
 import { Template } from "@huggingface/jinja";
 
-/** What the model is asked after the stream. */
+/** Request appended after the stream: a summary or the answer to a question. */
 export type Request = { kind: "summary" } | { kind: "answer"; question: string };
 
 /** Special token texts a chat template may refer to. */

@@ -54,7 +54,7 @@ export interface AnswerStreamRun {
 
 /**
  * Tokenize one line of a stream. The first line gets BOS and the tokenizer's dummy-prefix
- * space; later lines are tokenized on their own without either, which equals tokenizing the
+ * space. Later lines are tokenized on their own without either, which equals tokenizing the
  * whole text when no vocabulary piece spans a line break.
  */
 export function encodeStreamLine(tokenizer: TextTokenizer, line: string, first: boolean): number[] {

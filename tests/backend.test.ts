@@ -127,7 +127,7 @@ describe("presentNewOnly", () => {
       for (let layer = 0; layer < 5; layer++) {
         expect(newOnly.present[layer].key.length).toBe(nKvHeads * 2 * headDim);
         for (let head = 0; head < nKvHeads; head++) {
-          // Head h of the full present holds 6 entries; its last 2 are the new ones.
+          // Head h of the full present contains 6 entries, and its last 2 are the new ones.
           const tail = (data: Float32Array) => data.subarray((head * 6 + 4) * headDim, (head * 6 + 6) * headDim);
           const head2 = (data: Float32Array) => data.subarray(head * 2 * headDim, (head + 1) * 2 * headDim);
           expect(maxAbsDifference(head2(newOnly.present[layer].key), tail(full.present[layer].key))).toBe(0);

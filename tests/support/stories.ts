@@ -12,7 +12,7 @@ export const LOG_NAMES = ["Android", "Apache", "HDFS", "HealthApp", "Linux", "Op
 
 const loaded = new Map<string, Promise<LoadedModel>>();
 
-/** Load a model once per test process; the runtime is shared by every test that asks. */
+/** Load a model once per test process and share its runtime with every test that loads it. */
 export function loadShared(path: string = STORIES_V1): Promise<LoadedModel> {
   let model = loaded.get(path);
   if (!model) {
