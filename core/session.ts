@@ -217,9 +217,6 @@ export class StreamingSession {
         generated.push(next);
         if (options.onToken?.(next) === false) break;
         if (generated.length === maxTokens) break;
-        // Give the event loop a turn between tokens. A forward pass can resolve entirely in
-        // microtasks, and without this, signal handlers and I/O callbacks wait for the whole answer.
-        await new Promise((resolve) => setImmediate(resolve));
         const { logits } = await this.#forward([next], 1);
         last = logits;
       }
@@ -236,6 +233,10 @@ export class StreamingSession {
    * `logitsToKeep` last positions get logits, `[logitsToKeep, vocab]`.
    */
   async #forward(chunk: number[], logitsToKeep: number): Promise<{ logits: Float32Array; evicted: number }> {
+    // Give the event loop a turn before every forward pass. A pass can resolve entirely in
+    // microtasks; without this, timers, signal handlers and I/O callbacks wait for a whole
+    // stream, and so does Bun's garbage collector, whose timers run on the event loop.
+    await new Promise((resolve) => setImmediate(resolve));
     const timing = this.timing;
     const started = performance.now();
 
