@@ -3,6 +3,7 @@
  * process and sample its resident memory and throughput as the stream runs.
  *
  *   bun bench/soak.ts [--lines 1000000] [--drop] [--every 20000] [--minutes M] [--sample-s 10]
+ *                     [--window W] [--chunk C]
  *
  * Writes one JSON line per sample to standard output (lines written, lines/s since the last
  * sample, VmRSS and VmHWM of the `watch` process), then a summary line. `--minutes` stops the
@@ -27,6 +28,8 @@ const every = argument("every", "20000");
 const minutes = Number(argument("minutes", "0"));
 const sampleSeconds = Number(argument("sample-s", "10"));
 const drop = process.argv.includes("--drop");
+const windowSize = argument("window", "");
+const chunkSize = argument("chunk", "");
 
 const logLines = readdirSync(LOGS_DIR)
   .filter((name) => name.endsWith(".log"))
@@ -35,6 +38,8 @@ const logLines = readdirSync(LOGS_DIR)
 
 const args = ["cli/main.ts", "watch", "--model", MODEL, "--every", every, "--max-tokens", "16", "--json", "--quiet"];
 if (drop) args.push("--drop");
+if (windowSize !== "") args.push("--window", windowSize);
+if (chunkSize !== "") args.push("--chunk", chunkSize);
 const child = spawn(`${ROOT}node_modules/.bin/bun`, args, { cwd: ROOT, stdio: ["pipe", "pipe", "inherit"] });
 
 let records = 0;
