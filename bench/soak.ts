@@ -3,7 +3,7 @@
  * process and sample its resident memory and throughput as the stream runs.
  *
  *   bun bench/soak.ts [--lines 1000000] [--drop] [--every 20000] [--minutes M] [--sample-s 10]
- *                     [--window W] [--chunk C]
+ *                     [--window W] [--chunk C] [--backend wasm|native]
  *
  * Writes one JSON line per sample to standard output (lines written, lines/s since the last
  * sample, VmRSS and VmHWM of the `watch` process), then a summary line. `--minutes` stops the
@@ -30,6 +30,7 @@ const sampleSeconds = Number(argument("sample-s", "10"));
 const drop = process.argv.includes("--drop");
 const windowSize = argument("window", "");
 const chunkSize = argument("chunk", "");
+const backend = argument("backend", "");
 
 const logLines = readdirSync(LOGS_DIR)
   .filter((name) => name.endsWith(".log"))
@@ -40,6 +41,7 @@ const args = ["cli/main.ts", "watch", "--model", MODEL, "--every", every, "--max
 if (drop) args.push("--drop");
 if (windowSize !== "") args.push("--window", windowSize);
 if (chunkSize !== "") args.push("--chunk", chunkSize);
+if (backend !== "") args.push("--backend", backend);
 const child = spawn(`${ROOT}node_modules/.bin/bun`, args, { cwd: ROOT, stdio: ["pipe", "pipe", "inherit"] });
 
 let records = 0;
