@@ -49,7 +49,19 @@ export function parseNonNegative(name: string) {
   };
 }
 
-export function addModelOptions(command: Command): Command {
+/** Model options a command reads. The others are left out of its help. */
+export interface ModelOptionUse {
+  /** Whether to add `--chunk`, the ingest chunk size (default true). */
+  chunk?: boolean;
+  /** Whether to add `--max-tokens` and `--temperature`, for commands that generate text (default true). */
+  generation?: boolean;
+  /** Whether to add `--seed` (default: the value of `generation`). */
+  seed?: boolean;
+}
+
+/** Add the model, cache, generation and output options that `use` selects. */
+export function addModelOptions(command: Command, use: ModelOptionUse = {}): Command {
+  const { chunk = true, generation = true, seed = generation } = use;
   command
     .option(
       "-m, --model <path>",
@@ -61,12 +73,21 @@ export function addModelOptions(command: Command): Command {
       "--window <n>",
       "recent tokens kept besides the sinks (default: min(1020, context length - sinks))",
       parseWholeNumber("window size", 1),
-    )
-    .option("--chunk <n>", "maximum tokens per forward pass while ingesting (default: 32; 1 is exact per-token)", parseWholeNumber("chunk size", 0))
-    .option("-n, --max-tokens <n>", "maximum tokens to generate per answer", parseWholeNumber("token limit", 0), 128)
-    .option("-t, --temperature <t>", "sampling temperature, 0 for greedy", parseNonNegative("temperature"), 0)
-    .option("--seed <n>", "seed of the sampler", parseWholeNumber("seed", 0), 0)
-    .option("--json", "write NDJSON records to standard output");
+    );
+  if (chunk) {
+    command.option(
+      "--chunk <n>",
+      "maximum tokens per forward pass while ingesting (default: 32; 1 is exact per-token)",
+      parseWholeNumber("chunk size", 0),
+    );
+  }
+  if (generation) {
+    command
+      .option("-n, --max-tokens <n>", "maximum tokens to generate per answer", parseWholeNumber("token limit", 0), 128)
+      .option("-t, --temperature <t>", "sampling temperature, 0 for greedy", parseNonNegative("temperature"), 0);
+  }
+  if (seed) command.option("--seed <n>", "seed of the random generator: the sampler, or the benchmark's token ids", parseWholeNumber("seed", 0), 0);
+  command.option("--json", "write NDJSON records to standard output");
   return addRuntimeOptions(command)
     .option("-q, --quiet", "print no progress or statistics on standard error")
     .option("--debug", "print stack traces of errors");

@@ -39,6 +39,7 @@ export function registerBench(program: Command): void {
         parseWholeNumber("recompute step count", 0),
         3,
       ),
+    { chunk: false, generation: false, seed: true },
   ).action((options) => benchCommand(options));
 }
 

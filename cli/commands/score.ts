@@ -27,6 +27,7 @@ export function registerScore(program: Command): void {
       .addOption(
         new Option("--threshold <nats>", "print only lines whose mean NLL is above NATS").argParser(parseNonNegative("threshold")),
       ),
+    { generation: false },
   )).action((options) => scoreCommand(options));
 }
 
