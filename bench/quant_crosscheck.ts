@@ -9,41 +9,12 @@
  *   bun bench/quant_crosscheck.ts /path/to/libggml-base.so
  */
 
-import { dlopen, FFIType, ptr } from "bun:ffi";
 import process from "node:process";
 import { dequantize, QUANT_FORMATS } from "../core/quant.ts";
+import { lcgRandom, openGgml } from "./ggml_ffi.ts";
 
-const library = process.argv[2];
-if (!library) {
-  process.stderr.write("usage: bun bench/quant_crosscheck.ts /path/to/libggml-base.so\n");
-  process.exit(2);
-}
-
-const ggml = dlopen(library, {
-  ggml_quantize_init: { args: [FFIType.i32], returns: FFIType.void },
-  // size_t ggml_quantize_chunk(type, const float * src, void * dst, int64_t start, int64_t nrows, int64_t n_per_row, const float * imatrix)
-  ggml_quantize_chunk: {
-    args: [FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.ptr],
-    returns: FFIType.u64,
-  },
-  dequantize_row_q8_0: { args: [FFIType.ptr, FFIType.ptr, FFIType.i64], returns: FFIType.void },
-  dequantize_row_q4_0: { args: [FFIType.ptr, FFIType.ptr, FFIType.i64], returns: FFIType.void },
-  dequantize_row_q4_K: { args: [FFIType.ptr, FFIType.ptr, FFIType.i64], returns: FFIType.void },
-  dequantize_row_q6_K: { args: [FFIType.ptr, FFIType.ptr, FFIType.i64], returns: FFIType.void },
-});
-
-const DEQUANTIZERS: Record<string, (source: number, destination: number, count: number) => void> = {
-  Q8_0: (s, d, k) => ggml.symbols.dequantize_row_q8_0(s, d, k),
-  Q4_0: (s, d, k) => ggml.symbols.dequantize_row_q4_0(s, d, k),
-  Q4_K: (s, d, k) => ggml.symbols.dequantize_row_q4_K(s, d, k),
-  Q6_K: (s, d, k) => ggml.symbols.dequantize_row_q6_K(s, d, k),
-};
-
-let seed = 12345;
-function random(): number {
-  seed = (seed * 1103515245 + 12345) >>> 0;
-  return seed / 2 ** 32 - 0.5;
-}
+const ggml = openGgml("bench/quant_crosscheck.ts");
+const random = lcgRandom(12345);
 
 const rows = 64;
 const perRow = 1024;
@@ -53,10 +24,9 @@ for (const [typeText, format] of Object.entries(QUANT_FORMATS)) {
   const source = new Float32Array(rows * perRow);
   for (let i = 0; i < source.length; i++) source[i] = random() * (1 + (i % 97) / 10);
   const bytes = new Uint8Array((source.length / format.blockValues) * format.blockBytes);
-  ggml.symbols.ggml_quantize_init(type);
-  const written = Number(ggml.symbols.ggml_quantize_chunk(type, ptr(source), ptr(bytes), 0, rows, perRow, null));
+  const written = ggml.quantize(type, source, bytes, rows, perRow);
   const expected = new Float32Array(source.length);
-  DEQUANTIZERS[format.name](ptr(bytes), ptr(expected), source.length);
+  ggml.dequantize(format.name, bytes, expected, source.length);
   const actual = dequantize(type, bytes, source.length);
   let differing = 0;
   for (let i = 0; i < actual.length; i++) if (!Object.is(actual[i], expected[i])) differing++;

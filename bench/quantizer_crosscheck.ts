@@ -13,30 +13,12 @@
  *   bun bench/quantizer_crosscheck.ts /path/to/libggml-base.so
  */
 
-import { dlopen, FFIType, ptr } from "bun:ffi";
 import process from "node:process";
 import { quantizeQ4_0, quantizeQ8_0 } from "../core/gguf_writer.ts";
+import { lcgRandom, openGgml } from "./ggml_ffi.ts";
 
-const library = process.argv[2];
-if (!library) {
-  process.stderr.write("usage: bun bench/quantizer_crosscheck.ts /path/to/libggml-base.so\n");
-  process.exit(2);
-}
-
-const ggml = dlopen(library, {
-  ggml_quantize_init: { args: [FFIType.i32], returns: FFIType.void },
-  // size_t ggml_quantize_chunk(type, const float * src, void * dst, int64_t start, int64_t nrows, int64_t n_per_row, const float * imatrix)
-  ggml_quantize_chunk: {
-    args: [FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.ptr],
-    returns: FFIType.u64,
-  },
-});
-
-let seed = 987654321;
-function random(): number {
-  seed = (seed * 1103515245 + 12345) >>> 0;
-  return seed / 2 ** 32 - 0.5;
-}
+const ggml = openGgml("bench/quantizer_crosscheck.ts");
+const random = lcgRandom(987654321);
 
 const perRow = 1024;
 const rows = 256;
@@ -68,8 +50,7 @@ const QUANTIZERS = [
 let failures = 0;
 for (const { name, type, blockBytes, quantize } of QUANTIZERS) {
   const expected = new Uint8Array((source.length / 32) * blockBytes);
-  ggml.symbols.ggml_quantize_init(type);
-  const written = Number(ggml.symbols.ggml_quantize_chunk(type, ptr(source), ptr(expected), 0, rows, perRow, null));
+  const written = ggml.quantize(type, source, expected, rows, perRow);
   const actual = quantize(source);
   let differing = 0;
   let firstBlock = -1;

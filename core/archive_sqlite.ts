@@ -98,12 +98,7 @@ function wrapBun(database: BunDatabase): SqlConnection {
   return {
     exec: (sql) => database.exec(sql),
     prepare(sql) {
-      let statement = statements.get(sql);
-      if (statement === undefined) {
-        statement = database.prepare(sql);
-        statements.set(sql, statement);
-      }
-      const prepared = statement;
+      const prepared = preparedOnce(statements, sql, () => database.prepare(sql));
       return {
         run: (...params) => prepared.run(...params).changes,
         get: (...params) => prepared.get(...params) ?? undefined,
@@ -124,12 +119,7 @@ function wrapNode(database: NodeDatabase): SqlConnection {
   return {
     exec: (sql) => database.exec(sql),
     prepare(sql) {
-      let statement = statements.get(sql);
-      if (statement === undefined) {
-        statement = database.prepare(sql);
-        statements.set(sql, statement);
-      }
-      const prepared = statement;
+      const prepared = preparedOnce(statements, sql, () => database.prepare(sql));
       return {
         run: (...params) => Number(prepared.run(...params).changes),
         get: (...params) => prepared.get(...params),
@@ -141,4 +131,14 @@ function wrapNode(database: NodeDatabase): SqlConnection {
       database.close();
     },
   };
+}
+
+/** Return the statement prepared earlier for `sql`, preparing and keeping it on first use. */
+function preparedOnce<S>(statements: Map<string, S>, sql: string, prepare: () => S): S {
+  let statement = statements.get(sql);
+  if (statement === undefined) {
+    statement = prepare();
+    statements.set(sql, statement);
+  }
+  return statement;
 }
