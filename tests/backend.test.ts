@@ -4,38 +4,20 @@
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createRequire } from "node:module";
 import { KvKernel } from "../core/kv_kernel.ts";
 import { loadLlamaGguf } from "../core/llama_gguf.ts";
-import { DecoderRuntime, type LayerKv } from "../core/runtime.ts";
+import { DecoderRuntime } from "../core/runtime.ts";
 import { StreamingSession } from "../core/session.ts";
 import type { LlamaWeights } from "../core/types.ts";
 import { parseNumberList } from "../cli/commands/bench.ts";
 import { benchTokens, median, quantile } from "../pipelines/bench.ts";
 import { STORIES_V1 } from "./support/stories.ts";
+import { maxAbsDifference } from "./support/numeric.ts";
+import { emptyPast, nativeInstalled } from "./support/runtime.ts";
 
 const TEST_TIMEOUT_MS = 60_000;
 /** Largest difference allowed between two ONNX Runtime builds' logits (float32 kernels differ in summation order). */
 const BACKEND_TOLERANCE = 1e-3;
-
-function nativeInstalled(): boolean {
-  try {
-    createRequire(import.meta.url).resolve("onnxruntime-node");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function emptyPast(layers: number): LayerKv[] {
-  return Array.from({ length: layers }, () => ({ key: new Float32Array(0), value: new Float32Array(0) }));
-}
-
-function maxAbsDifference(a: Float32Array, b: Float32Array): number {
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
-}
 
 let weights: LlamaWeights;
 let wasm: DecoderRuntime;

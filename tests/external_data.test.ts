@@ -4,30 +4,17 @@
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createRequire } from "node:module";
 import { loadLlamaGguf } from "../core/llama_gguf.ts";
 import { buildLlamaOnnx, buildLlamaOnnxWithExternalData } from "../core/onnx/llama_graph.ts";
-import { type Backend, DecoderRuntime, type LayerKv } from "../core/runtime.ts";
+import { type Backend, DecoderRuntime } from "../core/runtime.ts";
 import type { LlamaWeights } from "../core/types.ts";
 import { STORIES_V1 } from "./support/stories.ts";
+import { emptyPast, nativeInstalled } from "./support/runtime.ts";
 
 const TEST_TIMEOUT_MS = 60_000;
 const MAX_POSITIONS = 64;
 const INPUT_IDS = [1, 403, 407, 261, 378, 429];
 const POSITION_IDS = INPUT_IDS.map((_, i) => i);
-
-function nativeInstalled(): boolean {
-  try {
-    createRequire(import.meta.url).resolve("onnxruntime-node");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function emptyPast(layers: number): LayerKv[] {
-  return Array.from({ length: layers }, () => ({ key: new Float32Array(0), value: new Float32Array(0) }));
-}
 
 /** Bytes of the weight tensors of at least `minBytes`, the ones that go to external data. */
 function weightBytes(weights: LlamaWeights, minBytes: number): number {

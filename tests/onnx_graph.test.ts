@@ -4,8 +4,10 @@
  */
 
 import { describe, expect, test } from "bun:test";
-import { type DecoderRunOutput, DecoderRuntime, type LayerKv } from "../core/runtime.ts";
+import { type DecoderRunOutput, DecoderRuntime } from "../core/runtime.ts";
 import { type LlamaConfig, type LlamaLayerWeights, type LlamaWeights, ropeInvFreq, type Tensor } from "../core/types.ts";
+import { mulberry32, relativeError } from "./support/numeric.ts";
+import { emptyPast } from "./support/runtime.ts";
 
 const TEST_TIMEOUT_MS = 30_000;
 const MAX_RELATIVE_ERROR = 1e-4;
@@ -23,20 +25,8 @@ interface TinyOptions {
   seed?: number;
 }
 
-/** Mulberry32: a small seeded PRNG returning floats in [0, 1). */
-function makeRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function makeTinyWeights(options: TinyOptions = {}): LlamaWeights {
-  const random = makeRandom(options.seed ?? 1234);
+  const random = mulberry32(options.seed ?? 1234);
   const nHeads = options.nHeads ?? 4;
   const headDim = options.headDim ?? 4;
   const ropeDim = options.ropeDim ?? headDim;
@@ -194,22 +184,6 @@ function referenceForward(w: LlamaWeights, tokens: number[], positions: number[]
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-function emptyPast(w: LlamaWeights): LayerKv[] {
-  return w.layers.map(() => ({ key: new Float32Array(0), value: new Float32Array(0) }));
-}
-
-/** max |actual - expected| / max |expected| */
-function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  expect(actual.length).toBe(expected.length);
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < expected.length; i++) {
-    diff = Math.max(diff, Math.abs(actual[i] - expected[i]));
-    scale = Math.max(scale, Math.abs(expected[i]));
-  }
-  return diff / scale;
-}
-
 function flatten(rows: Float64Array[]): Float64Array {
   const out = new Float64Array(rows.reduce((n, r) => n + r.length, 0));
   let offset = 0;
@@ -251,7 +225,7 @@ describe("llama ONNX graph", () => {
       const w = makeTinyWeights(options);
       const expected = referenceForward(w, TOKENS, POSITIONS);
       const out = await withRuntime(w, (rt) =>
-        rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w), pastLength: 0 })
+        rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0 })
       );
       expect(out.logits.length).toBe(TOKENS.length * w.config.vocabSize);
       expect(relativeError(out.logits, flatten(expected.logits))).toBeLessThan(MAX_RELATIVE_ERROR);
@@ -266,7 +240,7 @@ describe("llama ONNX graph", () => {
     const adjacent = makeTinyWeights({ layout: "adjacent" });
     const halves = makeTinyWeights({ layout: "halves", headDim: 4 });
     const run = (w: LlamaWeights) =>
-      withRuntime(w, (rt) => rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w), pastLength: 0 }));
+      withRuntime(w, (rt) => rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0 }));
     const [a, b] = [await run(adjacent), await run(halves)];
     expect(relativeError(a.logits, b.logits)).toBeGreaterThan(1e-3);
   }, TEST_TIMEOUT_MS);
@@ -274,12 +248,12 @@ describe("llama ONNX graph", () => {
   test("prefix then rest equals full run", async () => {
     const w = makeTinyWeights({ layout: "halves", biases: true });
     await withRuntime(w, async (rt) => {
-      const full = await rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w), pastLength: 0 });
+      const full = await rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0 });
       const split = 4;
       const first = await rt.run({
         inputIds: TOKENS.slice(0, split),
         positionIds: POSITIONS.slice(0, split),
-        past: emptyPast(w),
+        past: emptyPast(w.layers.length),
         pastLength: 0,
       });
       const rest = await rt.run({
@@ -302,7 +276,7 @@ describe("llama ONNX graph", () => {
     const w = makeTinyWeights({ layout: "adjacent", headDim: 8, ropeDim: 4 });
     const expected = referenceForward(w, TOKENS, POSITIONS);
     await withRuntime(w, async (rt) => {
-      let past = emptyPast(w);
+      let past = emptyPast(w.layers.length);
       for (let t = 0; t < TOKENS.length; t++) {
         const out: DecoderRunOutput = await rt.run({ inputIds: [TOKENS[t]], positionIds: [t], past, pastLength: t });
         expect(relativeError(out.logits, expected.logits[t])).toBeLessThan(MAX_RELATIVE_ERROR);
@@ -314,7 +288,7 @@ describe("llama ONNX graph", () => {
   test("past given as offset views", async () => {
     const w = makeTinyWeights();
     await withRuntime(w, async (rt) => {
-      const first = await rt.run({ inputIds: TOKENS.slice(0, 3), positionIds: [0, 1, 2], past: emptyPast(w), pastLength: 0 });
+      const first = await rt.run({ inputIds: TOKENS.slice(0, 3), positionIds: [0, 1, 2], past: emptyPast(w.layers.length), pastLength: 0 });
       // Copy each cache into the middle of a larger buffer, so the view has a byteOffset.
       const views = first.present.map(({ key, value }) => {
         const store = new Float32Array(key.length + value.length + 10).fill(Number.NaN);
@@ -336,7 +310,7 @@ describe("llama ONNX graph", () => {
     const positions = [0, 1, 2, 40, 41, 42, 43, 60, 63];
     const expected = referenceForward(w, TOKENS, positions);
     const out = await withRuntime(w, (rt) =>
-      rt.run({ inputIds: TOKENS, positionIds: positions, past: emptyPast(w), pastLength: 0 })
+      rt.run({ inputIds: TOKENS, positionIds: positions, past: emptyPast(w.layers.length), pastLength: 0 })
     );
     expect(relativeError(out.logits, flatten(expected.logits))).toBeLessThan(MAX_RELATIVE_ERROR);
   }, TEST_TIMEOUT_MS);
@@ -347,7 +321,7 @@ describe("llama ONNX graph", () => {
     const masked = referenceForward(w, TOKENS, POSITIONS, mask);
     const unmasked = referenceForward(w, TOKENS, POSITIONS);
     await withRuntime(w, async (rt) => {
-      const out = await rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w), pastLength: 0, attentionMask: mask });
+      const out = await rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0, attentionMask: mask });
       // Key 0 stays visible, so every query row has at least one key.
       expect(relativeError(out.logits, flatten(masked.logits))).toBeLessThan(MAX_RELATIVE_ERROR);
       expect(relativeError(out.logits, flatten(unmasked.logits))).toBeGreaterThan(1e-3);
@@ -356,7 +330,7 @@ describe("llama ONNX graph", () => {
       const prefix = await rt.run({
         inputIds: TOKENS.slice(0, 8),
         positionIds: POSITIONS.slice(0, 8),
-        past: emptyPast(w),
+        past: emptyPast(w.layers.length),
         pastLength: 0,
         attentionMask: mask.slice(0, 8),
       });

@@ -10,6 +10,7 @@ import { createSession, type LoadedModel, loadModel } from "../core/model.ts";
 import { dequantize } from "../core/quant.ts";
 import { STORIES_V1 } from "./support/stories.ts";
 import fixture from "./fixtures/llamacpp_stories260K_quant.json";
+import { relativeError } from "./support/numeric.ts";
 
 const SETUP_TIMEOUT_MS = 20_000;
 const MODEL_TEST_TIMEOUT_MS = 10_000;
@@ -23,17 +24,6 @@ const GGML_Q4_0 = 2;
  * and continuation, so the bound leaves about twice that.
  */
 const Q8_0_LOGIT_TOLERANCE = 0.03;
-
-/** Relative error of `actual` against `expected`: max |difference| over max |expected|. */
-function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  let difference = 0;
-  let scale = 0;
-  for (let i = 0; i < expected.length; i++) {
-    difference = Math.max(difference, Math.abs(actual[i] - expected[i]));
-    scale = Math.max(scale, Math.abs(expected[i]));
-  }
-  return difference / scale;
-}
 
 function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");

@@ -4,6 +4,7 @@ import { applyRope, argmax, ReferenceModel } from "../core/reference.ts";
 import { type LlamaWeights, type RopeConfig, ropeInvFreq } from "../core/types.ts";
 // Written by scripts/gen_llamacpp_fixture.mjs from node-llama-cpp 3.21.1 (llama.cpp v0.4.0 tag).
 import fixture from "./fixtures/llamacpp_stories260K.json";
+import { maxAbsDifference } from "./support/numeric.ts";
 
 const MODEL_V1 = new URL("../../shared/models/stories260K.gguf", import.meta.url).pathname;
 const MODEL_V3 = new URL("../../shared/models/stories260K-v3.gguf", import.meta.url).pathname;
@@ -27,13 +28,6 @@ beforeAll(async () => {
     layers: weightsV3.layers.slice(0, 1),
   });
 });
-
-function maxAbsDifference(a: Float64Array, b: Float64Array): number {
-  expect(a.length).toBe(b.length);
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
-}
 
 const PROMPT_IDS: number[] = fixture.greedy.promptIds;
 

@@ -2,8 +2,9 @@
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { buildLlamaOnnx } from "../core/onnx/llama_graph.ts";
-import { DecoderRuntime, type LayerKv } from "../core/runtime.ts";
+import { DecoderRuntime } from "../core/runtime.ts";
 import { type LlamaConfig, type LlamaWeights, ropeInvFreq, type Tensor } from "../core/types.ts";
+import { emptyPast } from "./support/runtime.ts";
 
 const TEST_TIMEOUT_MS = 30_000;
 
@@ -42,10 +43,6 @@ function makeWeights(): LlamaWeights {
   }));
   const tokenEmbedding = tensor([vocabSize, nEmbd]);
   return { config, tokenEmbedding, layers, outputNorm: tensor([nEmbd]), output: tokenEmbedding };
-}
-
-function emptyPast(layers: number): LayerKv[] {
-  return Array.from({ length: layers }, () => ({ key: new Float32Array(0), value: new Float32Array(0) }));
 }
 
 const weights = makeWeights();
