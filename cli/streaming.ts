@@ -5,20 +5,33 @@
  *
  * On the first SIGINT or SIGTERM the line in hand is finished, the command's final output is
  * written, the state is saved and the process exits 0. A second SIGINT exits at once with 130.
+ *
+ * The state also records the input, so that nothing read is lost or ingested twice across a
+ * restart. With `--follow` it is the followed file's identity and the byte offset just past
+ * the last ingested line. With standard input it is the lines read but not yet ingested when
+ * the process stopped, and the start of a line without its terminator yet. The next run
+ * ingests them first.
  */
 
 import { access, constants } from "node:fs/promises";
-import { dirname } from "node:path";
+import { dirname, resolve } from "node:path";
 import process from "node:process";
 import { setImmediate } from "node:timers";
 import { type Command, Option } from "commander";
 import { InputError, StateError, UsageError } from "../core/errors.ts";
-import { FileFollower } from "../core/follow.ts";
+import { FileFollower, type FollowChunk, type FollowStart } from "../core/follow.ts";
 import { BoundedQueue } from "../core/line_queue.ts";
 import type { LoadedModel } from "../core/model.ts";
 import type { StreamingSession } from "../core/session.ts";
-import { captureState, modelFingerprint, readStateFile, restoreState, writeStateFile } from "../core/stream_state.ts";
-import { readLines } from "../core/text_lines.ts";
+import {
+  captureState,
+  modelFingerprint,
+  readStateFile,
+  restoreState,
+  type StreamState,
+  writeStateFile,
+} from "../core/stream_state.ts";
+import { type DecodedLine, LineDecoder, type LineEnd, type PartialLine } from "../core/text_lines.ts";
 import { stdinBytes, StdoutClosedError, writeStderr } from "./io.ts";
 import { parseWholeNumber } from "./options.ts";
 
@@ -69,7 +82,7 @@ export interface LineConsumer {
 export interface StreamOutcome {
   /** `end` of input, a `signal`, or the reader of standard output going away. */
   ended: "end" | "signal" | "stdout-closed";
-  /** Lines read from the input and ingested in this run. */
+  /** Lines ingested in this run, including those carried over in the state file. */
   lines: number;
   /** Lines skipped by `--drop`. */
   dropped: number;
@@ -93,14 +106,11 @@ export async function runLineStream(
   }
   if (options.state !== undefined) await checkStateDirectory(options.state);
   const fingerprint = options.state === undefined ? "" : await modelFingerprint(model.path);
-  const resumed = options.state === undefined ? false : await resume(session, options.state, fingerprint, consumer);
-  const save = async () => {
-    if (options.state === undefined) return;
-    const { pipeline, blobs } = consumer.exportState();
-    await writeStateFile(options.state, captureState(session, fingerprint, { command: consumer.command, ...pipeline }, blobs));
-  };
+  const state = options.state === undefined ? undefined : await resume(session, options.state, fingerprint, consumer);
+  const input = prepareInput(options, state);
 
-  const queue = new BoundedQueue<string>({ capacity: options.queue, drop: options.drop });
+  const queue = new BoundedQueue<InputLine>({ capacity: options.queue, drop: options.drop });
+  const reader = new InputReader(queue, input.decoder, input.resumeAt);
   const stopReading = new AbortController();
   let stopping = false;
   const onSignal = (signal: string) => {
@@ -114,7 +124,37 @@ export async function runLineStream(
   process.on("SIGINT", onSigint);
   process.on("SIGTERM", onSigterm);
 
-  void produce(options, queue, stopReading.signal);
+  // Input that is not ingested yet. `backlog` contains the lines carried over in the state
+  // file, which go first. `held` is a line taken from the queue when a signal came before it
+  // was ingested. `position` is the followed file's position after the last ingested line.
+  const backlog = input.backlog;
+  let held: InputLine | undefined;
+  let position = input.position;
+  const save = async (final: boolean) => {
+    if (options.state === undefined) return;
+    const { pipeline, blobs } = consumer.exportState();
+    const unprocessed = final ? collectUnprocessed(backlog, held, queue, reader, options.follow !== undefined) : {
+      lines: backlog.map((line) => line.text),
+      partial: { text: "", bytes: [], afterCr: false },
+    };
+    const saved = savedInput(options, position, unprocessed);
+    if (saved.lines !== undefined) blobs[UNPROCESSED_BLOB] = saved.lines;
+    const header = { command: consumer.command, ...pipeline, input: saved.input };
+    await writeStateFile(options.state, captureState(session, fingerprint, header, blobs));
+  };
+
+  const source = options.follow === undefined
+    ? stdinChunks()
+    : new FileFollower(options.follow, {
+      signal: stopReading.signal,
+      resumeAt: input.resumeAt,
+      onStart: (start) => {
+        if (start.kind === "continued") return;
+        position = { file: start.file, offset: 0, pieceChars: 0, afterCr: false };
+        writeStderr(describeRestart(options.follow!, start));
+      },
+    }).chunks();
+  void reader.run(source, stopReading.signal, options.follow);
   let lines = 0;
   let ended: StreamOutcome["ended"] = "end";
   try {
@@ -125,17 +165,23 @@ export async function runLineStream(
         // event loop, where SIGINT and SIGTERM are delivered.
         await new Promise((resolve) => setImmediate(resolve));
         if (stopping) break;
-        const taken = await queue.take(consumer.msUntilTimer?.());
-        if (stopping) break;
-        if (taken.kind === "end") break;
-        if (taken.kind === "timeout") {
-          await consumer.onTimer?.();
-          continue;
+        let line = backlog.shift();
+        if (line === undefined) {
+          const taken = await queue.take(consumer.msUntilTimer?.());
+          if (taken.kind === "item" && stopping) held = taken.item;
+          if (stopping) break;
+          if (taken.kind === "end") break;
+          if (taken.kind === "timeout") {
+            await consumer.onTimer?.();
+            continue;
+          }
+          line = taken.item;
         }
-        await consumer.addLine(taken.item);
+        await consumer.addLine(line.text);
+        if (line.end !== undefined) position = line.end;
         lines++;
         onProgress?.(lines);
-        if (options.saveEvery !== undefined && lines % options.saveEvery === 0) await save();
+        if (options.saveEvery !== undefined && lines % options.saveEvery === 0) await save(false);
       }
       if (stopping) ended = "signal";
       await consumer.finish();
@@ -146,7 +192,17 @@ export async function runLineStream(
       }
       ended = "stdout-closed";
     }
-    await save();
+    if (ended === "signal" && options.state === undefined) {
+      const { lines: unprocessed, partial } = collectUnprocessed(backlog, held, queue, reader, false);
+      const count = unprocessed.length + (partial.text !== "" || partial.bytes.length > 0 ? 1 : 0);
+      if (count > 0) {
+        writeStderr(
+          `sinkstream: stopped with ${count} input ${count === 1 ? "line" : "lines"} read but not processed; ` +
+            `give --state FILE to keep them for the next run\n`,
+        );
+      }
+    }
+    await save(true);
   } finally {
     stopReading.abort();
     queue.close();
@@ -156,7 +212,7 @@ export async function runLineStream(
   if (queue.dropped > 0 && !options.quiet) {
     writeStderr(`sinkstream: dropped ${queue.dropped} lines that arrived while the queue of ${options.queue} was full (--drop)\n`);
   }
-  return { ended, lines, dropped: queue.dropped, resumed };
+  return { ended, lines, dropped: queue.dropped, resumed: state !== undefined };
 }
 
 /**
@@ -168,16 +224,19 @@ function exitSoonAfterError(): void {
   setTimeout(() => process.exit(), 200);
 }
 
-/** Load a state file into the session and the consumer; returns whether one existed. */
+/**
+ * Load a state file into the session and the consumer; returns the state, or undefined when
+ * there was none.
+ */
 async function resume(
   session: StreamingSession,
   path: string,
   fingerprint: string,
   consumer: LineConsumer,
-): Promise<boolean> {
+): Promise<StreamState | undefined> {
   const state = await readStateFile(path);
-  if (state === undefined) return false;
-  const { command, ...pipeline } = state.pipeline;
+  if (state === undefined) return undefined;
+  const { command, input: _input, ...pipeline } = state.pipeline;
   if (command !== consumer.command) {
     throw new StateError(
       `Cannot resume from ${path}: it was saved by the ${JSON.stringify(command)} command, not ${JSON.stringify(consumer.command)}; ` +
@@ -190,23 +249,256 @@ async function resume(
   } catch (error) {
     throw new StateError(`Cannot resume from ${path}: ${(error as Error).message}; delete the state file to start over`);
   }
-  return true;
+  return state;
 }
 
-/** Read lines from the input into the queue until the input ends or reading is stopped. */
-async function produce(options: StreamOptions, queue: BoundedQueue<string>, signal: AbortSignal): Promise<void> {
-  try {
-    const source = options.follow === undefined
-      ? stdinBytes()
-      : new FileFollower(options.follow, { signal }).bytes();
-    for await (const line of readLines(source)) {
-      if (signal.aborted) break;
-      await queue.push(line);
+// ---------------------------------------------------------------------------------------
+// Input: reading lines into the queue, and the input's position in a state file
+
+/** One input line (or piece of a long line) in the queue. */
+interface InputLine {
+  text: string;
+  /** With `--follow`: the file and the offset just past this line. */
+  end?: FilePosition;
+  /** Whether this is the unterminated end of standard input. */
+  final?: boolean;
+}
+
+/** A position in a followed file: its identity (`dev:ino`) and a {@linkcode LineEnd} in it. */
+interface FilePosition extends LineEnd {
+  file: string;
+}
+
+/** The `input` record of a state file. */
+type SavedInput =
+  | {
+    source: "follow";
+    /** Absolute path given to `--follow`. */
+    path: string;
+    /** Position of the next line; absent when no file was opened yet. */
+    position?: FilePosition;
+  }
+  | {
+    source: "stdin";
+    /** Start of a line that was read without its terminator. */
+    partial: PartialLine;
+  };
+
+/** Name of the state file part that contains unprocessed lines, as a UTF-8 JSON array of strings. */
+const UNPROCESSED_BLOB = "unprocessedLines";
+
+/** Lines and a partial line that were read but not ingested. */
+interface Unprocessed {
+  lines: string[];
+  partial: PartialLine;
+}
+
+/** How to start reading, from the options and a resumed state. */
+interface InputStart {
+  /** Lines carried over in the state file, to ingest before any new input. */
+  backlog: InputLine[];
+  decoder: LineDecoder;
+  /** With `--follow`: the file and offset where the last run stopped, which `decoder` continues. */
+  resumeAt?: { file: string; offset: number };
+  position?: FilePosition;
+}
+
+/** Decide where reading starts, and report on standard error when it is not where the state stopped. */
+function prepareInput(options: StreamOptions, state: StreamState | undefined): InputStart {
+  const saved = state === undefined ? undefined : parseSavedInput(state, options.state!);
+  const backlog = (saved?.lines ?? []).map((text) => ({ text }));
+  if (options.follow === undefined) {
+    if (saved?.input.source === "follow") {
+      writeStderr(
+        `sinkstream: the state in ${options.state} was saved while following ${saved.input.path}; ` +
+          `its position there is not used for standard input\n`,
+      );
     }
-    queue.close();
-  } catch (error) {
-    const message = (error as Error).message ?? String(error);
-    queue.fail(new InputError(`Failed to read the input${options.follow ? ` ${options.follow}` : ""}: ${message}`));
+    const partial = saved?.input.source === "stdin" ? saved.input.partial : undefined;
+    return { backlog, decoder: new LineDecoder({ partial }) };
+  }
+
+  const path = resolve(options.follow);
+  if (saved?.input.source === "follow" && saved.input.path === path && saved.input.position !== undefined) {
+    const position = saved.input.position;
+    return {
+      backlog,
+      decoder: new LineDecoder({ start: position }),
+      resumeAt: { file: position.file, offset: position.offset },
+      position,
+    };
+  }
+  if (saved?.input.source === "stdin") {
+    // The start of a line read from standard input cannot continue in the file: ingest it
+    // as it is, the way the end of standard input would have been.
+    const rest = new LineDecoder({ partial: saved.input.partial }).finish();
+    backlog.push(...rest.map((line) => ({ text: line.text })));
+    writeStderr(
+      `sinkstream: the state in ${options.state} was saved while reading standard input, so ${options.follow} is read from its start\n`,
+    );
+  } else if (saved?.input.source === "follow" && saved.input.path !== path) {
+    writeStderr(
+      `sinkstream: the state in ${options.state} was saved while following ${saved.input.path}, so ${options.follow} is read from its start\n`,
+    );
+  }
+  return { backlog, decoder: new LineDecoder() };
+}
+
+/** Read the `input` record and the unprocessed lines of a state file. */
+function parseSavedInput(state: StreamState, path: string): { input: SavedInput; lines: string[] } {
+  const input = state.pipeline.input as SavedInput | undefined;
+  let lines: unknown = [];
+  const blob = state.blobs[UNPROCESSED_BLOB];
+  try {
+    if (blob !== undefined) lines = JSON.parse(new TextDecoder().decode(blob));
+  } catch {
+    lines = undefined;
+  }
+  const valid = Array.isArray(lines) && lines.every((line) => typeof line === "string") &&
+    (input?.source === "stdin" || input?.source === "follow");
+  if (!valid) {
+    throw new StateError(`Cannot resume from ${path}: its input record is missing or invalid; delete the state file to start over`);
+  }
+  return { input: input!, lines: lines as string[] };
+}
+
+/** Return the `input` record of a state file and the unprocessed lines to store beside it. */
+function savedInput(
+  options: StreamOptions,
+  position: FilePosition | undefined,
+  unprocessed: Unprocessed,
+): { input: SavedInput; lines?: Uint8Array } {
+  const lines = unprocessed.lines.length === 0 ? undefined : new TextEncoder().encode(JSON.stringify(unprocessed.lines));
+  if (options.follow !== undefined) {
+    return { input: { source: "follow", path: resolve(options.follow), position }, lines };
+  }
+  return { input: { source: "stdin", partial: unprocessed.partial }, lines };
+}
+
+/**
+ * Collect what was read but not ingested, oldest first, taking the queued lines out of the
+ * queue. With `--follow` (`follow`) only the backlog counts, because the saved offset comes
+ * before the other lines and the next run reads them again.
+ */
+function collectUnprocessed(
+  backlog: InputLine[],
+  held: InputLine | undefined,
+  queue: BoundedQueue<InputLine>,
+  reader: InputReader,
+  follow: boolean,
+): Unprocessed {
+  const lines = [...backlog];
+  let partial: PartialLine = { text: "", bytes: [], afterCr: false };
+  if (!follow) {
+    if (held !== undefined) lines.push(held);
+    lines.push(...queue.drain(), ...reader.unqueued);
+    partial = reader.partial();
+    // The unterminated end of standard input continues in the next run's input.
+    if (lines.at(-1)?.final) partial = { text: lines.pop()!.text, bytes: [], afterCr: false };
+  }
+  return { lines: lines.map((line) => line.text), partial };
+}
+
+/** Describe on one line why a followed file is read from its start after a restart. */
+function describeRestart(path: string, start: FollowStart): string {
+  if (start.kind === "replaced") {
+    return `sinkstream: ${path} is another file than when the state was saved (inode ${start.previous}, now ${start.file}), ` +
+      `so it is read from its start\n`;
+  }
+  if (start.kind === "truncated") {
+    return `sinkstream: ${path} is ${start.size} bytes, shorter than the saved offset ${start.offset}, so it was truncated; ` +
+      `reading it from its start\n`;
+  }
+  return "";
+}
+
+/** Return standard input as chunks without a file identity. */
+async function* stdinChunks(): AsyncGenerator<FollowChunk> {
+  let offset = 0;
+  for await (const bytes of stdinBytes()) {
+    yield { file: "", offset, bytes };
+    offset += bytes.length;
+  }
+}
+
+/**
+ * The producer: reads chunks, splits them into lines and pushes them into the queue. Lines
+ * split but not yet queued, and the line in progress, stay readable for a state file.
+ */
+class InputReader {
+  readonly #queue: BoundedQueue<InputLine>;
+  #decoder: LineDecoder;
+  /** With `--follow`: the file the decoder reads, and the offset it expects next. */
+  #file: string | undefined;
+  #nextOffset: number | undefined;
+  /** Lines split from the input but not in the queue yet, oldest first. */
+  #unqueued: InputLine[] = [];
+
+  constructor(queue: BoundedQueue<InputLine>, decoder: LineDecoder, resumeAt?: { file: string; offset: number }) {
+    this.#queue = queue;
+    this.#decoder = decoder;
+    this.#file = resumeAt?.file;
+    this.#nextOffset = resumeAt?.offset;
+  }
+
+  /** Lines split from the input but not in the queue. */
+  get unqueued(): InputLine[] {
+    return [...this.#unqueued];
+  }
+
+  /** Return the line in progress, read without its terminator. */
+  partial(): PartialLine {
+    return this.#decoder.partial();
+  }
+
+  /** Read `source` into the queue until it ends, reading is stopped or the queue is closed. */
+  async run(source: AsyncIterable<FollowChunk>, signal: AbortSignal, follow: string | undefined): Promise<void> {
+    try {
+      for await (const chunk of source) {
+        // A chunk read after a signal is still split, so that its lines can be saved.
+        if (follow !== undefined) this.#startFileIfNew(chunk);
+        this.#nextOffset = chunk.offset + chunk.bytes.length;
+        this.#add(this.#decoder.push(chunk.bytes), chunk.file);
+        if (!(await this.#flush(signal))) return;
+      }
+      // A follower ends only when stopped; then the line in progress stays in the file.
+      if (signal.aborted) return;
+      this.#add(this.#decoder.finish(), "");
+      if (!(await this.#flush(signal))) return;
+      this.#queue.close();
+    } catch (error) {
+      const message = (error as Error).message ?? String(error);
+      this.#queue.fail(new InputError(`Failed to read the input${follow ? ` ${follow}` : ""}: ${message}`));
+    }
+  }
+
+  /**
+   * Start a new decoder when a followed path was rotated or truncated. The unterminated end
+   * of the old contents becomes a line of its own.
+   */
+  #startFileIfNew(chunk: FollowChunk): void {
+    if (chunk.file === this.#file && chunk.offset === this.#nextOffset) return;
+    if (this.#file !== undefined) this.#add(this.#decoder.finish(), this.#file);
+    this.#decoder = new LineDecoder({ start: { offset: chunk.offset, pieceChars: 0, afterCr: false } });
+    this.#file = chunk.file;
+  }
+
+  #add(lines: DecodedLine[], file: string): void {
+    for (const line of lines) {
+      this.#unqueued.push({ text: line.text, end: file === "" ? undefined : { file, ...line.end }, final: line.final });
+    }
+  }
+
+  /** Push the unqueued lines; returns false when reading should stop. */
+  async #flush(signal: AbortSignal): Promise<boolean> {
+    while (this.#unqueued.length > 0) {
+      if (signal.aborted) return false;
+      const queued = await this.#queue.push(this.#unqueued[0]);
+      // A closed queue took nothing, so the line stays here. A full one in drop mode counted it.
+      if (!queued && this.#queue.closed) return false;
+      this.#unqueued.shift();
+    }
+    return !signal.aborted;
   }
 }
 

@@ -7,6 +7,10 @@
  * from its start. When the file shrinks below the offset read so far (truncation, as with
  * `> app.log` or logrotate's `copytruncate`), reading restarts at its start. A path that does
  * not exist yet, or disappears for a while, is waited for.
+ *
+ * A follower can start where an earlier one stopped (`resumeAt`). It starts at the saved offset
+ * when the path still names the same file and that file is at least that long. Otherwise it
+ * starts at the start of the file the path names now, as `tail -F` would.
  */
 
 import { type FileHandle, open, stat } from "node:fs/promises";
@@ -19,6 +23,28 @@ export interface FollowOptions {
   signal?: AbortSignal;
   /** Bytes per read. @default 65536 */
   readBytes?: number;
+  /** Position where an earlier follower of the same path stopped; see {@linkcode FollowStart}. */
+  resumeAt?: FollowPosition;
+  /** Called once with where reading starts, when the first file is opened; only with `resumeAt`. */
+  onStart?: (start: FollowStart) => void;
+}
+
+/**
+ * Start of a follower given `resumeAt`. `continued` starts at the saved offset. `replaced`
+ * starts at the start of another file that the path names now (rotated while no one followed
+ * it). `truncated` starts at the start of the same file, now shorter than the offset.
+ */
+export type FollowStart =
+  | { kind: "continued"; file: string; offset: number }
+  | { kind: "replaced"; file: string; previous: string }
+  | { kind: "truncated"; file: string; size: number; offset: number };
+
+/** Bytes of a followed file, with the file's identity and the offset of their first byte. */
+export interface FollowChunk {
+  /** Device and inode of the file, `dev:ino`. */
+  file: string;
+  offset: number;
+  bytes: Uint8Array;
 }
 
 /** Position of a follower: the file's identity and the offset read so far. */
@@ -34,6 +60,8 @@ export class FileFollower {
   readonly #pollMs: number;
   readonly #readBytes: number;
   readonly #signal: AbortSignal | undefined;
+  #resumeAt: FollowPosition | undefined;
+  readonly #onStart: ((start: FollowStart) => void) | undefined;
   #position: FollowPosition | undefined;
 
   constructor(path: string, options: FollowOptions = {}) {
@@ -41,6 +69,8 @@ export class FileFollower {
     this.#pollMs = options.pollMs ?? 250;
     this.#readBytes = options.readBytes ?? 65536;
     this.#signal = options.signal;
+    this.#resumeAt = options.resumeAt;
+    this.#onStart = options.onStart;
   }
 
   /** The file followed now and the bytes read from it; undefined before it is opened. */
@@ -50,6 +80,15 @@ export class FileFollower {
 
   /** Yield the file's bytes as they arrive; ends only when the signal aborts. */
   async *bytes(): AsyncGenerator<Uint8Array> {
+    for await (const chunk of this.chunks()) yield chunk.bytes;
+  }
+
+  /**
+   * Yield the file's bytes as they arrive, each read with the file it came from and its
+   * offset there; ends only when the signal aborts. After rotation or truncation the offset
+   * starts again at 0.
+   */
+  async *chunks(): AsyncGenerator<FollowChunk> {
     let handle: FileHandle | undefined;
     let identity = "";
     let offset = 0;
@@ -62,14 +101,15 @@ export class FileFollower {
             continue;
           }
           ({ handle, identity } = opened);
-          offset = 0;
+          offset = await this.#startOffset(handle, identity);
           this.#position = { file: identity, offset };
         }
 
         // Read everything that is there now.
-        const chunk = await this.#read(handle, offset);
-        if (chunk.length > 0) {
-          offset += chunk.length;
+        const bytes = await this.#read(handle, offset);
+        if (bytes.length > 0) {
+          const chunk = { file: identity, offset, bytes };
+          offset += bytes.length;
           this.#position = { file: identity, offset };
           yield chunk;
           continue;
@@ -96,6 +136,24 @@ export class FileFollower {
     } finally {
       await handle?.close();
     }
+  }
+
+  /** Return where to start reading the first file opened: 0, or the offset of `resumeAt`. */
+  async #startOffset(handle: FileHandle, identity: string): Promise<number> {
+    const resumeAt = this.#resumeAt;
+    this.#resumeAt = undefined;
+    if (resumeAt === undefined) return 0;
+    if (resumeAt.file !== identity) {
+      this.#onStart?.({ kind: "replaced", file: identity, previous: resumeAt.file });
+      return 0;
+    }
+    const { size } = await handle.stat();
+    if (size < resumeAt.offset) {
+      this.#onStart?.({ kind: "truncated", file: identity, size, offset: resumeAt.offset });
+      return 0;
+    }
+    this.#onStart?.({ kind: "continued", file: identity, offset: resumeAt.offset });
+    return resumeAt.offset;
   }
 
   async #open(): Promise<{ handle: FileHandle; identity: string } | undefined> {

@@ -62,6 +62,20 @@ export class BoundedQueue<T> {
     return true;
   }
 
+  /** Whether `close` or `fail` was called; `push` no longer adds items. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Remove the waiting items and return them, oldest first. */
+  drain(): T[] {
+    const items = this.#items.slice(this.#head);
+    this.#items = [];
+    this.#head = 0;
+    this.#wake("producer");
+    return items;
+  }
+
   /** Mark the end of input; `take` returns `end` once the waiting items are taken. */
   close(): void {
     this.#closed = true;

@@ -27,8 +27,12 @@ import { StateError } from "./errors.ts";
 import { parseGguf } from "./gguf.ts";
 import type { CacheSizes, SessionStats, StreamingSession } from "./session.ts";
 
-/** Version of the file layout above; bump it when the layout or the header changes meaning. */
-export const STATE_FILE_VERSION = 1;
+/**
+ * Version of the file layout above; bump it when the layout or the header changes meaning.
+ * Version 2 added the input record of the pipeline state (the followed file's position, or
+ * the lines read but not ingested), which version 1 files lack.
+ */
+export const STATE_FILE_VERSION = 2;
 
 const MAGIC = new TextEncoder().encode("SNKSTATE");
 const DIGEST_BYTES = 32;

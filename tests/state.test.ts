@@ -12,11 +12,12 @@ import {
   modelFingerprint,
   readStateFile,
   restoreState,
+  STATE_FILE_VERSION,
   writeStateFile,
 } from "../core/stream_state.ts";
 import { ropeInvFreq } from "../core/types.ts";
 import { LineScorer } from "../pipelines/score.ts";
-import { logLines, records, runCli, startCli, waitFor } from "./support/cli.ts";
+import { logBytes, logLines, records, runCli, startCli, waitFor } from "./support/cli.ts";
 import { STORIES_V1, STORIES_V3, storiesSession } from "./support/stories.ts";
 
 const CLI_TIMEOUT_MS = 120_000;
@@ -122,7 +123,17 @@ describe("state file", () => {
       .toThrow("Cannot resume from log: it is not a sinkstream state file");
     const bytes = encodeState(sample());
     new DataView(bytes.buffer).setUint32(8, 7, true);
-    expect(() => decodeState(bytes, "v7")).toThrow("its format version is 7, this sinkstream reads version 1");
+    expect(() => decodeState(bytes, "v7")).toThrow(`its format version is 7, this sinkstream reads version ${STATE_FILE_VERSION}`);
+  });
+
+  test("version 1 files rejected", () => {
+    // Version 1 files have no input record, so a resumed --follow would read its file twice.
+    expect(STATE_FILE_VERSION).toBe(2);
+    const bytes = encodeState(sample());
+    new DataView(bytes.buffer).setUint32(8, 1, true);
+    expect(() => decodeState(bytes, "old.state")).toThrow(
+      "Cannot resume from old.state: its format version is 1, this sinkstream reads version 2; delete the state file to start over",
+    );
   });
 
   test("write is atomic and readable", async () => {
@@ -244,6 +255,66 @@ describe("resumed stream", () => {
     const watch = await runCli("bun", ["watch", "--model", STORIES_V1, "--window", "124", "--state", path], "");
     expect(watch.code).toBe(6);
     expect(watch.stderr).toContain('it was saved by the "score" command, not "watch"');
+  }, CLI_TIMEOUT_MS);
+});
+
+describe("unprocessed input at a signal", () => {
+  // A scored line takes a forward pass per token with --chunk 1, so the queue is still full
+  // when SIGTERM follows the first record.
+  const base = ["score", "--model", STORIES_V1, "--json", "--quiet", "--window", "60", "--chunk", "1", "--queue", "2"];
+  const lineRecords = (stdout: string) => records(stdout).filter((record) => record.type === "line");
+
+  /** Start `args`, write `part` in one write below the pipe's atomic size, and stop it after its first record. */
+  async function stopAfterFirstLine(args: string[], part: Uint8Array) {
+    expect(part.length).toBeLessThan(4096);
+    const cli = startCli("bun", args);
+    cli.child.stdin.write(part);
+    await waitFor(() => lineRecords(cli.stdout()).length >= 1, CLI_TIMEOUT_MS / 2, "the first scored line");
+    cli.child.kill("SIGTERM");
+    return await cli.done;
+  }
+
+  test("stdin split anywhere resumes exactly", async () => {
+    const input = logBytes(LOG, 0, 40);
+    const whole = await runCli("bun", base, input);
+    expect(whole.code).toBe(0);
+    const expected = lineRecords(whole.stdout);
+    expect(expected).toHaveLength(40);
+
+    // In the middle of line 28, after 27 complete lines, and between the CR and the LF that
+    // end line 28, after 28 complete lines.
+    const cuts = [
+      { cut: logBytes(LOG, 0, 27).length + 40, complete: 27 },
+      { cut: logBytes(LOG, 0, 28).length - 1, complete: 28 },
+    ];
+    for (const { cut, complete } of cuts) {
+      const path = join(scratch, `split-${cut}.state`);
+      const first = await stopAfterFirstLine([...base, "--state", path], input.subarray(0, cut));
+      expect(first.code).toBe(0);
+      expect(first.stderr).toBe("");
+      const firstLines = lineRecords(first.stdout);
+      expect(firstLines.length).toBeLessThan(complete);
+
+      const saved = await readStateFile(path);
+      const carried = JSON.parse(new TextDecoder().decode(saved!.blobs.unprocessedLines));
+      expect(carried).toHaveLength(complete - firstLines.length);
+      expect(saved!.pipeline.input).toMatchObject({ source: "stdin", partial: { afterCr: complete === 28 } });
+
+      const second = await runCli("bun", [...base, "--state", path], input.subarray(cut));
+      expect(second.code).toBe(0);
+      expect([...firstLines, ...lineRecords(second.stdout)]).toEqual(expected);
+    }
+  }, CLI_TIMEOUT_MS * 2);
+
+  test("without state the count is reported", async () => {
+    const part = logBytes(LOG, 0, 27);
+    const cut = part.length + 30;
+    const run = await stopAfterFirstLine(base, logBytes(LOG, 0, 28).subarray(0, cut));
+    expect(run.code).toBe(0);
+    const unprocessed = 27 + 1 - lineRecords(run.stdout).length;
+    expect(run.stderr).toBe(
+      `sinkstream: stopped with ${unprocessed} input lines read but not processed; give --state FILE to keep them for the next run\n`,
+    );
   }, CLI_TIMEOUT_MS);
 });
 

@@ -63,6 +63,14 @@ export function logLines(name: string, from: number, to: number): string {
   return lines.map((line) => line + "\n").join("");
 }
 
+/** Return the raw bytes of lines `from..to` (0-based, end exclusive) of a shared log, CRLF included. */
+export function logBytes(name: string, from: number, to: number): Uint8Array {
+  const bytes = new Uint8Array(readFileSync(LOGS_DIR + name));
+  const starts = [0];
+  for (let i = 0; i < bytes.length; i++) if (bytes[i] === 0x0a) starts.push(i + 1);
+  return bytes.subarray(starts[Math.min(from, starts.length - 1)], starts[Math.min(to, starts.length - 1)]);
+}
+
 /** Parse NDJSON output. */
 export function records(stdout: string): Record<string, unknown>[] {
   return stdout.trim() === "" ? [] : stdout.trim().split("\n").map((line) => JSON.parse(line));
