@@ -27,8 +27,11 @@ import { StateError } from "./errors.ts";
 import { parseGguf } from "./gguf.ts";
 import type { CacheSizes, SessionStats, StreamingSession } from "./session.ts";
 
-/** Version of the file layout above; bump it when the layout or the header changes meaning. */
-export const STATE_FILE_VERSION = 1;
+/**
+ * Version of the file layout above; bump it when the layout, the header or the kernel state
+ * changes meaning. Version 2 holds kernel state version 2, whose positions have a base.
+ */
+export const STATE_FILE_VERSION = 2;
 
 const MAGIC = new TextEncoder().encode("SNKSTATE");
 const DIGEST_BYTES = 32;
