@@ -3,21 +3,31 @@
  * `scripts/build-wasm.sh` into `wasm/pkg/sinkstream_kv.wasm`).
  *
  * Per layer the cache keeps `sinks` slots for the first tokens of the stream, never evicted,
- * and a circular window of the `window` most recent tokens. Capacity is their sum. The i-th
- * cached token (sinks first, then the window from oldest to newest) is at position i. The model
- * emits each key already rotated at the position `p0` it entered with. The kernel stores that
- * key and, in `preparePast`, writes it rotated by `i - p0` to its current position i. Each key
- * is rotated once from its stored form, so no rounding error builds up over a long stream.
+ * and a circular window of the `window` most recent tokens. Capacity is their sum.
+ *
+ * Positions are virtual: the i-th cached token (sinks first, then the window from oldest to
+ * newest) sits at position `base + i`, and every eviction advances `base` by one. RoPE
+ * attention depends only on the distance between positions, so this equals placing each token
+ * at its index within the cache, and a window key keeps its position, and its rotation, for
+ * its whole life. Only the sink keys are rotated again before each forward pass. When the next
+ * chunk would reach `maxPositions`, the kernel moves every position down by `base` once. Every
+ * rotation starts from the key the model emitted, so no rounding error builds up over a long
+ * stream.
  *
  * One step of a stream, for a chunk of `n` new tokens:
  * 1. `evictFor(n)` before the forward pass drops the oldest window entries so that the chunk
  *    fits. Evicting once before a chunk, not after each token, lets a prefill chunk attend to
  *    the whole cache that will hold it.
- * 2. `preparePast()`, then `pastKey(layer)` / `pastValue(layer)` give the
- *    `past_key_values.{layer}.key/value` inputs, `[kvHeads, length, headDim]` (batch 1).
- *    The new tokens take positions `length..length + n`.
+ * 2. `prepareHandoff(n)` returns the position of the chunk's first token, and
+ *    `handoff()` gives the `past_key_values.{layer}.key/value` inputs, `[kvHeads, length,
+ *    headDim]` (batch 1), as views of the kernel's own buffers. Their rows are in no
+ *    particular order, the same for keys and values, which attention does not mind. While
+ *    the length before each step stays the same, as in decoding, nothing is copied.
  * 3. After the forward pass, `append(layer, …)` for every layer copies the new entries out of
  *    the `present` outputs, and `commit(n)` makes them part of the cache.
+ *
+ * `preparePast()` with `pastKey` / `pastValue` writes the past in cache order instead, each
+ * key rotated to its index, into buffers of its own; it is there for inspection and tests.
  *
  * @module
  */
@@ -41,6 +51,18 @@ export interface KvKernelOptions {
   window: number;
   /** RoPE settings of the model; the kernel uses `dim`, `layout` and `invFreq`. */
   rope: RopeConfig;
+  /**
+   * Position ids handed out stay below this; at least the capacity. The runtime's
+   * `maxPositions` lets window keys keep their rotation for `maxPositions - capacity` tokens.
+   * @default sinks + window, which rotates every window key on every eviction
+   */
+  maxPositions?: number;
+}
+
+/** The past of one layer as a runtime takes it, each `[kvHeads, length, headDim]`. */
+export interface HandoffLayer {
+  key: Float32Array;
+  value: Float32Array;
 }
 
 /**
@@ -62,12 +84,27 @@ interface KernelExports {
     invFreq: number,
     outHandle: number,
   ): number;
+  kv_create_positioned(
+    layers: number,
+    kvHeads: number,
+    headDim: number,
+    sinks: number,
+    window: number,
+    ropeDim: number,
+    layout: number,
+    invFreq: number,
+    maxPositions: number,
+    outHandle: number,
+  ): number;
   kv_free(handle: number): void;
   kv_evict_for(handle: number, incoming: number): number;
   kv_staging_keys(handle: number): number;
   kv_staging_values(handle: number): number;
   kv_append(handle: number, layer: number, count: number): number;
   kv_commit(handle: number, count: number): number;
+  kv_prepare_handoff(handle: number, incoming: number): number;
+  kv_handoff_keys(handle: number, layer: number): number;
+  kv_handoff_values(handle: number, layer: number): number;
   kv_prepare_past(handle: number): number;
   kv_past_keys(handle: number, layer: number): number;
   kv_past_values(handle: number, layer: number): number;
@@ -100,6 +137,8 @@ const Status = {
   noSnapshot: 15,
   corrupted: 16,
   invalidState: 17,
+  invalidPositions: 18,
+  positionLimit: 19,
 } as const;
 
 /** Selectors of `kv_query` (`Query` in `wasm/src/lib.rs`). */
@@ -112,6 +151,9 @@ const Query = {
   totalCommitted: 5,
   maxIncoming: 6,
   stateBytes: 7,
+  maxPositions: 8,
+  base: 9,
+  preparedBytes: 10,
 } as const;
 
 const LAYOUT_CODES = { adjacent: 0, halves: 1 } as const;
@@ -185,6 +227,10 @@ export class KvKernel {
   readonly options: Readonly<KvKernelOptions>;
   #exports: KernelExports;
   #handle: number;
+  /** Views from the last `handoff()`, reused while the length and the wasm memory stay the same. */
+  #handoff: HandoffLayer[] = [];
+  #handoffLength = -1;
+  #handoffBuffer: ArrayBufferLike | undefined;
 
   /**
    * Compiles the kernel once; later calls return at once. Reads the file with
@@ -226,6 +272,7 @@ export class KvKernel {
       throw new Error("Failed to create a KV cache: the kernel is not loaded; await KvKernel.load() first");
     }
     const { layers, kvHeads, headDim, sinks, window, rope } = options;
+    const maxPositions = options.maxPositions ?? sinks + window;
     checkWhole(layers, 1, MAX_U32, "layer count", "the layer count must be a whole number ≥ 1");
     checkWhole(kvHeads, 1, MAX_U32, "KV head count", "the KV head count must be a whole number ≥ 1");
     checkWhole(headDim, 1, MAX_U32, "head size", "the head size must be a whole number ≥ 1");
@@ -239,6 +286,11 @@ export class KvKernel {
     if (!Number.isInteger(rope.dim) || rope.dim < 0 || rope.dim % 2 !== 0 || rope.dim > headDim) {
       throw new RangeError(
         `Invalid rotary dim: current value is ${rope.dim}; it must be an even whole number from 0 to the head size ${headDim}`,
+      );
+    }
+    if (!Number.isInteger(maxPositions) || maxPositions < sinks + window || maxPositions > MAX_CAPACITY) {
+      throw new RangeError(
+        `Invalid position limit: current value is ${maxPositions}; it must be a whole number from the capacity ${sinks + window} to ${MAX_CAPACITY}`,
       );
     }
     const layout = LAYOUT_CODES[rope.layout];
@@ -264,13 +316,13 @@ export class KvKernel {
 
     const instance = new WebAssembly.Instance(module, {});
     this.#exports = instance.exports as unknown as KernelExports;
-    this.options = Object.freeze({ ...options });
+    this.options = Object.freeze({ ...options, maxPositions });
     this.#handle = this.#createRing(layout);
   }
 
   /** Copies the inverse frequencies into wasm memory and creates the ring; returns its handle. */
   #createRing(layout: number): number {
-    const { layers, kvHeads, headDim, sinks, window, rope } = this.options;
+    const { layers, kvHeads, headDim, sinks, window, rope, maxPositions } = this.options;
     const exports = this.#exports;
     // 8 bytes for the handle, then the f64 frequencies; kv_alloc aligns to 8.
     const bytes = 8 + rope.invFreq.length * 8;
@@ -280,7 +332,7 @@ export class KvKernel {
     }
     try {
       new Float64Array(exports.memory.buffer, scratch + 8, rope.invFreq.length).set(rope.invFreq);
-      const status = exports.kv_create(
+      const status = exports.kv_create_positioned(
         layers,
         kvHeads,
         headDim,
@@ -289,6 +341,7 @@ export class KvKernel {
         rope.dim,
         layout,
         scratch + 8,
+        maxPositions ?? 0,
         scratch,
       );
       if (status !== Status.ok) {
@@ -359,7 +412,28 @@ export class KvKernel {
     return this.#query(Query.maxIncoming);
   }
 
-  /** Returns the position `p0` the `index`-th cached entry entered the cache with. */
+  /** Position ids handed out stay below this. */
+  get maxPositions(): number {
+    return this.#query(Query.maxPositions);
+  }
+
+  /** Position of the first cached entry; the i-th entry sits at `base + i`. */
+  get base(): number {
+    return this.#query(Query.base);
+  }
+
+  /**
+   * Bytes the kernel has written to ready the past since creation: relayouts of the handoff
+   * buffers, sink rotations, rebases and rows moved by evictions.
+   */
+  get preparedBytes(): number {
+    return this.#query(Query.preparedBytes);
+  }
+
+  /**
+   * Returns the position the `index`-th cached entry entered the cache with, the one the model
+   * rotated its key to.
+   */
   enteredAt(index: number): number {
     const length = this.length;
     checkWhole(index, 0, length - 1, "entry index", `the index must be a whole number below the length ${length}`);
@@ -493,22 +567,69 @@ export class KvKernel {
   }
 
   /**
-   * Writes every layer's keys, rotated to their current positions, and values into the
-   * handoff buffers that `pastKey` and `pastValue` view. Costs O(capacity), whatever the
-   * length of the stream.
+   * Readies the past of every layer for a forward pass of `incoming` new entries, after
+   * `evictFor(incoming)`; returns the position id of the first new entry, `base + length`.
+   * The new entries take positions from there, and `commit` records them so.
+   *
+   * @throws RangeError when `incoming` exceeds the free slots
+   */
+  prepareHandoff(incoming: number): number {
+    const free = this.capacity - this.length;
+    checkWhole(incoming, 0, free, "entry count", `only ${free} slots are free; call evictFor(${incoming}) first`);
+    const position = this.#exports.kv_prepare_handoff(this.#live(), incoming);
+    if (position < 0) {
+      throw new Error(`Failed to prepare the past keys and values: the kernel returned ${describeStatus(-position)}`);
+    }
+    return position;
+  }
+
+  /**
+   * Returns the past of every layer from the last `prepareHandoff`, views of wasm memory
+   * `[kvHeads, length, headDim]` whose rows are in the same order for keys and values. The
+   * array and its views are reused while the length stays the same: `append` overwrites rows,
+   * and the first `snapshot` may grow the memory and detach them.
+   */
+  handoff(): readonly HandoffLayer[] {
+    const handle = this.#live();
+    const exports = this.#exports;
+    const length = this.length;
+    const buffer = exports.memory.buffer;
+    if (length !== this.#handoffLength || buffer !== this.#handoffBuffer) {
+      const { layers, kvHeads, headDim } = this.options;
+      const elements = kvHeads * length * headDim;
+      this.#handoff = [];
+      for (let layer = 0; layer < layers; layer++) {
+        this.#handoff.push({
+          key: new Float32Array(buffer, exports.kv_handoff_keys(handle, layer) >>> 0, elements),
+          value: new Float32Array(buffer, exports.kv_handoff_values(handle, layer) >>> 0, elements),
+        });
+      }
+      this.#handoffLength = length;
+      this.#handoffBuffer = buffer;
+    }
+    return this.#handoff;
+  }
+
+  /**
+   * Writes every layer's keys, each rotated to its index within the cache, and values in
+   * cache order into buffers that `pastKey` and `pastValue` view, for inspection. The first
+   * call allocates them. Costs O(capacity), whatever the length of the stream.
    */
   preparePast(): void {
     const status = this.#exports.kv_prepare_past(this.#live());
     if (status !== Status.ok) {
-      throw new Error(`Failed to prepare the past keys and values: the kernel returned ${describeStatus(status)}`);
+      throw new Error(`Failed to write the cache-order past: the kernel returned ${describeStatus(status)}`);
     }
   }
 
   /**
-   * Returns a view of the keys of `layer` from the last `preparePast`, `[kvHeads, length, headDim]`.
+   * Returns a view of the keys of `layer` from the last `preparePast`, `[kvHeads, length, headDim]`
+   * in cache order.
    *
    * The view aliases wasm memory: the next `preparePast` overwrites it, and the first
    * `snapshot` may grow the memory and detach it (its length becomes 0). Copy it to keep it.
+   *
+   * @throws Error before the first `preparePast`
    */
   pastKey(layer: number): Float32Array {
     return this.#pastView(layer, this.#exports.kv_past_keys);
@@ -524,7 +645,11 @@ export class KvKernel {
     const { layers, kvHeads, headDim } = this.options;
     checkWhole(layer, 0, layers - 1, "layer index", `the index must be a whole number below ${layers}`);
     const elements = kvHeads * this.length * headDim;
-    return new Float32Array(this.#exports.memory.buffer, pointerOf(handle, layer) >>> 0, elements);
+    const pointer = pointerOf(handle, layer) >>> 0;
+    if (pointer === 0) {
+      throw new Error("Failed to view the cache-order past: it was never written; call preparePast() first");
+    }
+    return new Float32Array(this.#exports.memory.buffer, pointer, elements);
   }
 
   /**
@@ -578,8 +703,8 @@ export class KvKernel {
   }
 
   /**
-   * Replaces the cache state with bytes from `exportState` of a cache with the same sizes and
-   * RoPE settings, and drops appends not yet committed. On failure the cache is unchanged.
+   * Replaces the cache state with bytes from `exportState` of a cache with the same sizes,
+   * RoPE settings and `maxPositions`, and drops appends not yet committed. On failure the cache is unchanged.
    *
    * @throws RangeError when the bytes were exported by a cache of other sizes, or are damaged
    */
@@ -601,7 +726,7 @@ export class KvKernel {
       const status = exports.kv_import_state(handle, buffer, state.length);
       if (status === Status.invalidState) {
         throw new RangeError(
-          "Failed to import the KV cache state: its sizes, version or counters do not match this cache; export it from a cache created with the same options",
+          "Failed to import the KV cache state: its sizes, version or counters do not match this cache; export it from a cache created with the same options, maxPositions included",
         );
       }
       if (status !== Status.ok) {

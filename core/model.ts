@@ -12,7 +12,7 @@ import { downloadHubFile, parseHubFileId } from "./hub.ts";
 import { KvKernel } from "./kv_kernel.ts";
 import { loadLlamaGguf } from "./llama_gguf.ts";
 import { type Backend, DecoderRuntime } from "./runtime.ts";
-import { resolveCacheSizes, StreamingSession, type StreamingSessionOptions } from "./session.ts";
+import { kernelPositions, resolveCacheSizes, StreamingSession, type StreamingSessionOptions } from "./session.ts";
 import type { TextTokenizer } from "./text_tokenizer.ts";
 import type { LlamaConfig } from "./types.ts";
 
@@ -174,6 +174,7 @@ export async function createSession(
     sinks: sizes.sinks,
     window: sizes.window,
     rope: model.config.rope,
+    maxPositions: kernelPositions(model.runtime, sizes.sinks + sizes.window),
   });
   return { session: new StreamingSession(model.runtime, kernel, sizes), warning };
 }

@@ -33,7 +33,7 @@
 import { UsageError } from "./errors.ts";
 import { KvKernel } from "./kv_kernel.ts";
 import type { DecoderRuntime, LayerKv } from "./runtime.ts";
-import { StreamingSession } from "./session.ts";
+import { kernelPositions, StreamingSession } from "./session.ts";
 
 /** Names of the cache policies. */
 export const POLICY_NAMES = ["sink", "window", "dense", "recompute"] as const;
@@ -150,6 +150,7 @@ export async function createPolicy(runtime: DecoderRuntime, sizes: PolicySizes):
     headDim: config.headDim,
     ...kernelSizes,
     rope: config.rope,
+    maxPositions: kernelPositions(runtime, kernelSizes.sinks + kernelSizes.window),
   });
   const session = new StreamingSession(runtime, kernel, {
     ...kernelSizes,

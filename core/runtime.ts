@@ -127,14 +127,25 @@ export class DecoderRuntime {
   readonly backend: Backend;
   /** Whether `present` outputs carry only the new entries. */
   readonly presentNewOnly: boolean;
+  /**
+   * Whether ONNX Runtime copies input tensors before running. onnxruntime-web copies them into
+   * its own wasm heap; onnxruntime-node borrows the memory of CPU tensors as it is.
+   */
+  readonly copiesInputs: boolean;
   /** Calls of `run` and the seconds spent inside ONNX Runtime's `session.run`. */
   readonly timing = { calls: 0, runSeconds: 0 };
+  /**
+   * Whether the model takes `position_ids`. Exports without it derive positions from the
+   * attention mask, so they only take positions `0..pastLength + seq`.
+   */
+  readonly takesPositionIds: boolean;
   readonly #ort: OrtApi;
   #session: ort.InferenceSession | undefined;
   /** All-ones attention mask, grown on demand and handed out as views. */
   #onesMask = new BigInt64Array(0);
-  /** Whether the model takes `position_ids`; some exports derive positions from the mask. */
-  #takesPositionIds: boolean;
+  /** Input names of each layer's past keys and values, and output names of the present ones. */
+  readonly #pastNames: { key: string; value: string }[];
+  readonly #presentNames: { key: string; value: string }[];
   /** Name of the input that limits the returned logits rows, if the export has one. */
   #logitsToKeepInput: string | undefined;
 
@@ -152,7 +163,13 @@ export class DecoderRuntime {
     this.#ort = ortApi;
     this.config = config;
     this.maxPositions = maxPositions;
-    this.#takesPositionIds = session.inputNames.includes("position_ids");
+    this.copiesInputs = backend === "wasm";
+    this.takesPositionIds = session.inputNames.includes("position_ids");
+    this.#pastNames = Array.from({ length: config.nLayers }, (_, i) => ({ key: pastName(i, "key"), value: pastName(i, "value") }));
+    this.#presentNames = Array.from(
+      { length: config.nLayers },
+      (_, i) => ({ key: presentName(i, "key"), value: presentName(i, "value") }),
+    );
     this.#logitsToKeepInput = ["num_logits_to_keep", "logits_to_keep"].find((name) => session.inputNames.includes(name));
   }
 
@@ -268,10 +285,10 @@ export class DecoderRuntime {
     }
 
     const present: LayerKv[] = [];
-    for (let i = 0; i < this.config.nLayers; i++) {
+    for (const names of this.#presentNames) {
       present.push({
-        key: results[presentName(i, "key")].data as Float32Array,
-        value: results[presentName(i, "value")].data as Float32Array,
+        key: results[names.key].data as Float32Array,
+        value: results[names.value].data as Float32Array,
       });
     }
     const logits = results["logits"].data as Float32Array;
@@ -389,13 +406,14 @@ export class DecoderRuntime {
       input_ids: new Tensor("int64", toBigInt64(input.inputIds), [1, seq]),
       attention_mask: new Tensor("int64", mask, [1, total]),
     };
-    if (this.#takesPositionIds) {
+    if (this.takesPositionIds) {
       feeds.position_ids = new Tensor("int64", toBigInt64(input.positionIds), [1, seq]);
     }
     const pastDims = [1, nKvHeads, input.pastLength, headDim];
     for (let i = 0; i < nLayers; i++) {
-      feeds[pastName(i, "key")] = new Tensor("float32", input.past[i].key, pastDims);
-      feeds[pastName(i, "value")] = new Tensor("float32", input.past[i].value, pastDims);
+      const names = this.#pastNames[i];
+      feeds[names.key] = new Tensor("float32", input.past[i].key, pastDims);
+      feeds[names.value] = new Tensor("float32", input.past[i].value, pastDims);
     }
     if (this.#logitsToKeepInput) {
       const keep = input.logitsToKeep ?? seq;

@@ -4,9 +4,11 @@
  *
  * The cache contains at most `sinks + window` tokens, counting the tokens being processed. The
  * first `sinks` tokens of the stream stay forever; the rest live in a window that evicts its
- * oldest token to make room. Every token is given its position *within the cache* (the number
- * of tokens cached before it), never its position in the stream, so positions stay below the
- * capacity however long the stream runs.
+ * oldest token to make room. Every token attends as if it sat at its position *within the
+ * cache* (the number of tokens cached before it), never its position in the stream. The
+ * kernel hands out positions offset by a `base` that grows with each eviction, which RoPE
+ * attention cannot tell apart, so window keys need no rotation per step; positions stay below
+ * the kernel's `maxPositions` however long the stream runs (see `kv_kernel.ts`).
  *
  * Tokens are ingested in chunks (chunked prefill). Before a chunk of T tokens runs, the oldest
  * window tokens are evicted until the cache has room for all T, so the chunk's first token
@@ -20,7 +22,7 @@
 
 import { setImmediate } from "node:timers";
 import type { KvKernel } from "./kv_kernel.ts";
-import type { DecoderRuntime } from "./runtime.ts";
+import type { DecoderRuntime, LayerKv } from "./runtime.ts";
 import { Sampler } from "./sampler.ts";
 import { UsageError } from "./errors.ts";
 
@@ -116,6 +118,21 @@ export function resolveCacheSizes(
   return { sizes };
 }
 
+/** Largest position limit {@linkcode kernelPositions} picks, as a multiple of the capacity. */
+const POSITIONS_PER_CAPACITY = 4;
+
+/**
+ * Returns the position limit for the kernel of a session over `runtime` with this capacity:
+ * the runtime's `maxPositions`, at most four times the capacity because the kernel's RoPE
+ * table grows with it. Window keys are rotated again once every `limit - capacity` tokens.
+ * A graph without a `position_ids` input derives positions from the attention mask, so it
+ * gets the capacity, which keeps every position at its index within the cache.
+ */
+export function kernelPositions(runtime: DecoderRuntime, capacity: number): number {
+  if (!runtime.takesPositionIds) return capacity;
+  return Math.max(capacity, Math.min(runtime.maxPositions, POSITIONS_PER_CAPACITY * capacity));
+}
+
 /** A sink-and-window KV cache session over one token stream. */
 export class StreamingSession {
   readonly runtime: DecoderRuntime;
@@ -131,13 +148,32 @@ export class StreamingSession {
 
   /**
    * Time of forward passes by stage: `prepareSeconds` in eviction and the past handoff
-   * (`preparePast` rotates and copies every cached key), `runSeconds` in the runtime call (which
-   * includes its own copies of past and present), `appendSeconds` in copying new entries back.
-   * `handoffBytes` counts the float32 bytes of past and present K/V passed per call.
+   * (`prepareHandoff` rotates the sink keys, and relayouts the past when its length changed),
+   * `runSeconds` in the runtime call (which includes its own copies of past and present),
+   * `appendSeconds` in copying new entries back. `handoffBytes` counts the bytes of K/V copied
+   * between the kernel and the runtime: what the kernel writes to ready the past, the past
+   * again when the runtime copies its inputs (the wasm backend), and the new entries copied
+   * back from `present`.
    */
   readonly timing = { forwards: 0, prepareSeconds: 0, runSeconds: 0, appendSeconds: 0, handoffBytes: 0 };
 
+  /**
+   * @throws RangeError when the kernel hands out positions the runtime does not take
+   */
   constructor(runtime: DecoderRuntime, kernel: KvKernel, sizes: CacheSizes) {
+    const positions = kernel.options.maxPositions ?? kernel.options.sinks + kernel.options.window;
+    if (positions > runtime.maxPositions) {
+      throw new RangeError(
+        `Invalid kernel position limit: current value is ${positions}, but the runtime takes positions below ${runtime.maxPositions}; ` +
+          `create the kernel with maxPositions from kernelPositions()`,
+      );
+    }
+    if (positions > kernel.options.sinks + kernel.options.window && !runtime.takesPositionIds) {
+      throw new RangeError(
+        `Invalid kernel position limit: current value is ${positions}, but the model has no position_ids input and ` +
+          `derives positions from the mask; create the kernel with maxPositions from kernelPositions()`,
+      );
+    }
     this.runtime = runtime;
     this.kernel = kernel;
     this.sizes = sizes;
@@ -240,15 +276,16 @@ export class StreamingSession {
     const timing = this.timing;
     const started = performance.now();
 
-    // Make room, then rotate every cached key to its current position in the handoff buffers.
-    const evicted = this.kernel.evictFor(chunk.length);
-    const pastLength = this.kernel.length;
-    this.kernel.preparePast();
-    const positionIds = chunk.map((_, t) => pastLength + t);
-    const past = [];
-    for (let layer = 0; layer < this.kernel.layers; layer++) {
-      past.push({ key: this.kernel.pastKey(layer), value: this.kernel.pastValue(layer) });
-    }
+    // Make room, then ready the past: the kernel's buffers, viewed in place.
+    const kernel = this.kernel;
+    const preparedBefore = kernel.preparedBytes;
+    const evicted = kernel.evictFor(chunk.length);
+    const pastLength = kernel.length;
+    const first = kernel.prepareHandoff(chunk.length);
+    const positionIds = new Array<number>(chunk.length);
+    for (let t = 0; t < chunk.length; t++) positionIds[t] = first + t;
+    const past = kernel.handoff() as LayerKv[];
+    const preparedBytes = kernel.preparedBytes - preparedBefore;
     const prepared = performance.now();
 
     // Run the model; the runtime copies the past in and the present out.
@@ -263,18 +300,20 @@ export class StreamingSession {
 
     // Keep only the chunk's new entries of each layer.
     for (let layer = 0; layer < present.length; layer++) {
-      this.kernel.appendPresent(layer, present[layer].key, present[layer].value, presentStart, chunk.length);
+      kernel.appendPresent(layer, present[layer].key, present[layer].value, presentStart, chunk.length);
     }
-    this.kernel.commit(chunk.length);
+    kernel.commit(chunk.length);
 
     const appended = performance.now();
     timing.forwards++;
     timing.prepareSeconds += (prepared - started) / 1000;
     timing.runSeconds += (ran - prepared) / 1000;
     timing.appendSeconds += (appended - ran) / 1000;
-    // Bytes crossing between the kernel and the runtime: the past in, the present out.
-    const entryBytes = 2 * this.kernel.layers * this.runtime.config.nKvHeads * this.runtime.config.headDim * 4;
-    timing.handoffBytes += entryBytes * (pastLength + presentStart + chunk.length);
+    // Bytes copied between the kernel and the runtime: the kernel's own preparation, the past
+    // when the runtime copies its inputs, and the new entries copied back.
+    const entryBytes = 2 * kernel.layers * this.runtime.config.nKvHeads * this.runtime.config.headDim * 4;
+    const pastCopied = this.runtime.copiesInputs ? pastLength : 0;
+    timing.handoffBytes += preparedBytes + entryBytes * (pastCopied + chunk.length);
     return { logits, evicted };
   }
 }

@@ -28,9 +28,10 @@ import { parseGguf } from "./gguf.ts";
 import type { CacheSizes, SessionStats, StreamingSession } from "./session.ts";
 
 /**
- * Version of the file layout above; bump it when the layout or the header changes meaning.
- * Version 2 added the input record of the pipeline state (the followed file's position, or
- * the lines read but not ingested), which version 1 files lack.
+ * Version of the file layout above; bump it when the layout, the header or the kernel state
+ * changes meaning. Version 2 added the input record of the pipeline state (the followed
+ * file's position, or the lines read but not ingested) and holds kernel state version 2,
+ * whose positions have a base.
  */
 export const STATE_FILE_VERSION = 2;
 

@@ -13,7 +13,7 @@ import { KvKernel } from "../core/kv_kernel.ts";
 import type { LoadedModel } from "../core/model.ts";
 import type { DecoderRuntime, LayerKv } from "../core/runtime.ts";
 import { Sampler } from "../core/sampler.ts";
-import { StreamingSession } from "../core/session.ts";
+import { kernelPositions, StreamingSession } from "../core/session.ts";
 
 /** Options of {@linkcode runBench}. */
 export interface BenchOptions {
@@ -62,7 +62,11 @@ export interface BenchResult {
   /** Greedy decode throughput at a full cache, tokens/s. */
   decode_tok_s: number;
   latency: PositionLatency[];
-  /** Float32 bytes of past and present K/V passed between the kernel and the runtime per decode step. */
+  /**
+   * Bytes of K/V copied between the kernel and the runtime per decode step: the kernel's own
+   * preparation of the past, the past again where the runtime copies its inputs, and the new
+   * entries copied back.
+   */
   handoff_bytes_per_token: number;
   /** Milliseconds per decode step by stage, from the single-token steps. */
   step_ms: { prepare_past: number; runtime_call: number; append_present: number; sampling: number; tokenize: number };
@@ -196,6 +200,7 @@ async function createKernel(model: LoadedModel, sinks: number, window: number): 
     sinks,
     window,
     rope: config.rope,
+    maxPositions: kernelPositions(model.runtime, sinks + window),
   });
 }
 

@@ -43,8 +43,10 @@ describe("sinkstream bench", () => {
       expect(record.latency[0].position).toBe(600);
       expect(record.latency[0].p99_ms).toBeGreaterThanOrEqual(record.latency[0].p50_ms);
       expect(record.first_token_ms).toBeGreaterThan(record.load_ms);
-      // Every timed step runs on a full cache: 511 past entries in, the 1 new entry out.
-      expect(record.handoff_bytes_per_token).toBe((511 + 1) * STORIES_ENTRY_BYTES);
+      // Every timed step runs on a full cache. onnxruntime-web copies the 511 past entries into
+      // its heap and the new entry comes back; the kernel's own rewrites add less than that.
+      expect(record.handoff_bytes_per_token).toBeGreaterThanOrEqual((511 + 1) * STORIES_ENTRY_BYTES);
+      expect(record.handoff_bytes_per_token).toBeLessThan(2 * (511 + 1) * STORIES_ENTRY_BYTES);
       expect(record.recompute_step_ms).toBeGreaterThan(0);
       expect(record.peak_rss_bytes).toBeGreaterThan(0);
     }, TEST_TIMEOUT_MS);
@@ -57,6 +59,17 @@ describe("sinkstream bench", () => {
     expect(run.stdout).toMatch(/prefill, chunk 8 +\d+(\.\d)? tok\/s/);
     expect(run.stdout).toMatch(/latency at position 600 +p50 [\d.]+ ms, p99 [\d.]+ ms/);
     expect(run.stdout).toMatch(/recompute step +[\d.]+ ms \([\d.]+× the sink step's p50\)/);
+  }, TEST_TIMEOUT_MS);
+
+  test("native steady steps copy a few entries", async () => {
+    // Cache 4+124 against a 512-position graph leaves room for positions past the capacity, so
+    // a single-token step rotates only the sinks and moves one row instead of rebuilding the past.
+    const args = [...QUICK_ARGS, "--backend", "native", "--window", "124", "--steps", "20", "--recompute-steps", "0", "--json"];
+    const run = await runCli("bun", args);
+    expect(run.code).toBe(0);
+    const record = JSON.parse(run.stdout.trim());
+    expect(record.handoff_bytes_per_token).toBeGreaterThanOrEqual(STORIES_ENTRY_BYTES);
+    expect(record.handoff_bytes_per_token).toBeLessThan(0.25 * 128 * STORIES_ENTRY_BYTES);
   }, TEST_TIMEOUT_MS);
 
   test("positions before a full cache are rejected", async () => {

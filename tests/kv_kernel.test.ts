@@ -552,3 +552,98 @@ describe("ring model", () => {
     expect(Math.abs(norm(once) - norm(vector))).toBeLessThan(1e-12);
   });
 });
+
+describe("KvKernel handoff", () => {
+  /** Keys and values of token `id`: key element d is sin(id + d), value element d is id. */
+  function raw(id: number, headDim: number): number[] {
+    return Array.from({ length: headDim }, (_, d) => Math.sin(id * 0.37 + d));
+  }
+
+  test("keys sit at base plus index", () => {
+    const headDim = 8;
+    const rope = makeRope(headDim, "halves", 10);
+    const options = { layers: 1, kvHeads: 2, headDim, sinks: 2, window: 6, rope, maxPositions: 13 };
+    const kernel = new KvKernel(options);
+    const random = seededRandom(5);
+    const cached: number[] = [];
+    let total = 0;
+    let rebases = 0;
+    try {
+      expect(kernel.maxPositions).toBe(13);
+      while (total < 400) {
+        const count = randomInt(random, 1, Math.min(3, kernel.maxIncoming));
+        kernel.evictFor(count);
+        while (cached.length + count > kernel.capacity) cached.splice(options.sinks, 1);
+        const first = kernel.prepareHandoff(count);
+        const base = kernel.base;
+        expect(first).toBe(base + kernel.length);
+        expect(first + count).toBeLessThanOrEqual(13);
+        if (base === 0 && total >= kernel.capacity) rebases++;
+
+        const { key, value } = kernel.handoff()[0];
+        const length = kernel.length;
+        expect(key.length).toBe(2 * length * headDim);
+        for (let head = 0; head < 2; head++) {
+          const seen = new Set<number>();
+          for (let row = 0; row < length; row++) {
+            const at = (head * length + row) * headDim;
+            const id = value[at];
+            const index = cached.indexOf(id);
+            expect(index).toBeGreaterThanOrEqual(0);
+            expect(seen.has(id)).toBe(false);
+            seen.add(id);
+            const expected = rotate(raw(id, headDim), base + index, rope);
+            for (let d = 0; d < headDim; d++) expect(Math.abs(key[at + d] - expected[d])).toBeLessThan(KEY_TOLERANCE);
+          }
+        }
+
+        const keys = new Float32Array(2 * count * headDim);
+        const values = new Float32Array(2 * count * headDim);
+        for (let head = 0; head < 2; head++) {
+          for (let k = 0; k < count; k++) {
+            keys.set(rotate(raw(total + k, headDim), first + k, rope), (head * count + k) * headDim);
+            values.fill(total + k, (head * count + k) * headDim, (head * count + k + 1) * headDim);
+          }
+        }
+        kernel.append(0, keys, values, count);
+        kernel.commit(count);
+        for (let k = 0; k < count; k++) cached.push(total + k);
+        total += count;
+      }
+      expect(rebases).toBeGreaterThan(20);
+    } finally {
+      kernel.dispose();
+    }
+  });
+
+  test("steady decoding copies nothing", () => {
+    const rope = makeRope(4, "adjacent");
+    const kernel = new KvKernel({ layers: 2, kvHeads: 1, headDim: 4, sinks: 1, window: 3, rope, maxPositions: 100 });
+    const step = () => {
+      kernel.evictFor(1);
+      kernel.prepareHandoff(1);
+      const past = kernel.handoff();
+      const entry = new Float32Array(4).fill(1);
+      for (let layer = 0; layer < 2; layer++) kernel.append(layer, entry, entry, 1);
+      kernel.commit(1);
+      return past;
+    };
+    try {
+      for (let i = 0; i < 4; i++) step();
+      const past = step();
+      const before = kernel.preparedBytes;
+      expect(step()).toBe(past);
+      // One sink row rotated per layer, plus one row moved into the evicted row: 3 arrays of
+      // one row per layer.
+      expect(kernel.preparedBytes - before).toBe(2 * 16 + 3 * 2 * 16);
+    } finally {
+      kernel.dispose();
+    }
+  });
+
+  test("constructor rejects low position limit", () => {
+    const rope = makeRope(4, "adjacent");
+    expect(() => new KvKernel({ layers: 1, kvHeads: 1, headDim: 4, sinks: 1, window: 3, rope, maxPositions: 3 }))
+      .toThrow(new RangeError("Invalid position limit: current value is 3; it must be a whole number from the capacity 4 to 2147483647"));
+  });
+});

@@ -112,7 +112,7 @@ export function formatBenchTable(result: BenchResult): string {
     `past handoff ${step.prepare_past} ms, runtime call ${step.runtime_call} ms, append ${step.append_present} ms, ` +
     `sampling ${step.sampling} ms, tokenize ${step.tokenize} ms/token`,
   ]);
-  rows.push(["K/V bytes passed per step", `${(result.handoff_bytes_per_token / 2 ** 20).toFixed(2)} MiB`]);
+  rows.push(["K/V bytes copied per step", `${(result.handoff_bytes_per_token / 2 ** 20).toFixed(2)} MiB`]);
   if (result.recompute_step_ms !== undefined) {
     const sinkMs = result.latency[0]?.p50_ms ?? Number.NaN;
     rows.push([

@@ -10,9 +10,13 @@
 //! 2. For each layer, the caller writes the new keys and values as `(kv_head, n, head_dim)`
 //!    into the staging buffers (`kv_staging_keys`, `kv_staging_values`) and calls
 //!    `kv_append(layer, n)`.
-//! 3. `kv_commit(n)` gives the new entries positions `len..len + n`.
-//! 4. `kv_prepare_past()` fills the handoff buffers (`kv_past_keys`, `kv_past_values`) with
-//!    `(kv_head, len, head_dim)` keys rotated to their current positions, and values.
+//! 3. `kv_commit(n)` gives the new entries positions `base + len..base + len + n`.
+//!
+//! Before the forward pass of a chunk, after `kv_evict_for(n)`, `kv_prepare_handoff(n)` returns
+//! the position of the chunk's first token and readies the past of every layer
+//! (`kv_handoff_keys`, `kv_handoff_values`), `(kv_head, len, head_dim)`, in row order rather
+//! than cache order (see [`ring`]). `kv_prepare_past()` writes the past in cache order, each key
+//! rotated to its index, into separate buffers (`kv_past_keys`, `kv_past_values`) for inspection.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -66,6 +70,10 @@ pub enum Status {
     Corrupted = 16,
     /// Imported state bytes have the wrong length, version or sizes, or inconsistent counters.
     InvalidState = 17,
+    /// The position limit is below the capacity or above `i32::MAX`.
+    InvalidPositions = 18,
+    /// `kv_commit` would give positions past the limit; call `kv_evict_for` first.
+    PositionLimit = 19,
 }
 
 impl Status {
@@ -129,6 +137,34 @@ pub unsafe extern "C" fn kv_create(
     inv_freq: *const f64,
     out_handle: *mut usize,
 ) -> i32 {
+    // SAFETY: forwarded from the caller's contract; 0 selects the capacity as the limit.
+    unsafe {
+        kv_create_positioned(
+            layers, kv_heads, head_dim, sinks, window, rope_dim, layout, inv_freq, 0, out_handle,
+        )
+    }
+}
+
+/// Creates a ring whose positions stay below `max_positions` (0 for the capacity) and writes
+/// its handle to `*out_handle`; returns a [`Status`] code. The other arguments are those of
+/// [`kv_create`].
+///
+/// # Safety
+/// As for [`kv_create`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kv_create_positioned(
+    layers: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    sinks: u32,
+    window: u32,
+    rope_dim: u32,
+    layout: u32,
+    inv_freq: *const f64,
+    max_positions: u32,
+    out_handle: *mut usize,
+) -> i32 {
     if out_handle.is_null() || (inv_freq.is_null() && rope_dim > 0) {
         return Status::NullPointer as i32;
     }
@@ -152,7 +188,12 @@ pub unsafe extern "C" fn kv_create(
         rope_dim: rope_dim as usize,
         layout,
     };
-    match KvRing::new(config, inv_freq) {
+    let created = if max_positions == 0 {
+        KvRing::new(config, inv_freq)
+    } else {
+        KvRing::with_positions(config, inv_freq, max_positions as usize)
+    };
+    match created {
         Ok(ring) => {
             // SAFETY: the caller guarantees that `out_handle` is writable; it is not null.
             unsafe { *out_handle = Box::into_raw(Box::new(ring)) as usize };
@@ -255,7 +296,53 @@ pub unsafe extern "C" fn kv_commit(handle: *mut KvRing, count: u32) -> i32 {
     }
 }
 
-/// Fills the handoff buffers of every layer; returns a [`Status`] code.
+/// Readies the past of every layer for a forward pass of `incoming` new entries; returns the
+/// position of the first of them, or a negated [`Status`] code.
+///
+/// # Safety
+/// `handle` must be null or a live handle from `kv_create`.
+#[no_mangle]
+pub unsafe extern "C" fn kv_prepare_handoff(handle: *mut KvRing, incoming: u32) -> i32 {
+    // SAFETY: forwarded from the caller's contract.
+    match unsafe { ring(handle) } {
+        // Positions are below the limit, which fits in i32.
+        Some(ring) => match ring.prepare_handoff(incoming as usize) {
+            Ok(position) => position as i32,
+            Err(status) => -(status as i32),
+        },
+        None => -(Status::NullPointer as i32),
+    }
+}
+
+/// Returns the past keys of `layer` for the runtime, `(kv_head, len, head_dim)` f32 in row
+/// order, valid after `kv_prepare_handoff`; null for a null handle or a layer out of range.
+///
+/// # Safety
+/// `handle` must be null or a live handle from `kv_create`.
+#[no_mangle]
+pub unsafe extern "C" fn kv_handoff_keys(handle: *mut KvRing, layer: u32) -> *const f32 {
+    // SAFETY: forwarded from the caller's contract.
+    match unsafe { ring(handle) }.and_then(|ring| ring.handoff_ptrs(layer as usize)) {
+        Some((keys, _)) => keys,
+        None => std::ptr::null(),
+    }
+}
+
+/// Returns the past values of `layer` for the runtime, in the rows of `kv_handoff_keys`.
+///
+/// # Safety
+/// `handle` must be null or a live handle from `kv_create`.
+#[no_mangle]
+pub unsafe extern "C" fn kv_handoff_values(handle: *mut KvRing, layer: u32) -> *const f32 {
+    // SAFETY: forwarded from the caller's contract.
+    match unsafe { ring(handle) }.and_then(|ring| ring.handoff_ptrs(layer as usize)) {
+        Some((_, values)) => values,
+        None => std::ptr::null(),
+    }
+}
+
+/// Fills the cache-order buffers of every layer, allocating them on the first call; returns a
+/// [`Status`] code.
 ///
 /// # Safety
 /// `handle` must be null or a live handle from `kv_create`.
@@ -268,8 +355,9 @@ pub unsafe extern "C" fn kv_prepare_past(handle: *mut KvRing) -> i32 {
     }
 }
 
-/// Returns the handoff keys of `layer`, `(kv_head, len, head_dim)` f32; null for a null
-/// handle or a layer out of range.
+/// Returns the cache-order keys of `layer` from the last `kv_prepare_past`, `(kv_head, len,
+/// head_dim)` f32, each rotated to its index; null for a null handle, a layer out of range or
+/// before the first `kv_prepare_past`.
 ///
 /// # Safety
 /// `handle` must be null or a live handle from `kv_create`.
@@ -282,7 +370,7 @@ pub unsafe extern "C" fn kv_past_keys(handle: *mut KvRing, layer: u32) -> *const
     }
 }
 
-/// Returns the handoff values of `layer`, laid out like `kv_past_keys`.
+/// Returns the cache-order values of `layer`, laid out like `kv_past_keys`.
 ///
 /// # Safety
 /// `handle` must be null or a live handle from `kv_create`.
@@ -356,6 +444,12 @@ pub enum Query {
     MaxIncoming = 6,
     /// Bytes that `kv_export_state` writes.
     StateBytes = 7,
+    /// Limit of the positions handed out.
+    MaxPositions = 8,
+    /// Position of the first cached entry.
+    Base = 9,
+    /// Bytes written to ready the handoff buffers since creation.
+    PreparedBytes = 10,
 }
 
 /// Returns the count selected by `query` (see [`Query`]) as f64, exact below 2^53; -1 for a
@@ -379,12 +473,15 @@ pub unsafe extern "C" fn kv_query(handle: *mut KvRing, query: u32) -> f64 {
         5 => ring.total_committed() as f64,
         6 => ring.max_incoming() as f64,
         7 => ring.state_bytes() as f64,
+        8 => ring.max_positions() as f64,
+        9 => ring.base() as f64,
+        10 => ring.prepared_bytes() as f64,
         _ => -1.0,
     }
 }
 
-/// Returns the position `p0` the `index`-th cached entry entered with; -1 for a null handle
-/// or an index not below the length.
+/// Returns the position the `index`-th cached entry entered with; -1 for a null handle or an
+/// index not below the length.
 ///
 /// # Safety
 /// `handle` must be null or a live handle from `kv_create`.
@@ -392,7 +489,7 @@ pub unsafe extern "C" fn kv_query(handle: *mut KvRing, query: u32) -> f64 {
 pub unsafe extern "C" fn kv_entered_at(handle: *mut KvRing, index: u32) -> i32 {
     // SAFETY: forwarded from the caller's contract.
     match unsafe { ring(handle) }.and_then(|ring| ring.entered_at(index as usize)) {
-        // Positions are below the capacity, which fits in i32.
+        // Positions are below the limit, which fits in i32.
         Some(position) => position as i32,
         None => -1,
     }

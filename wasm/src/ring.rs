@@ -1,10 +1,28 @@
 //! The sink + window KV ring of every layer, with its staging and handoff buffers.
 //!
-//! Slot `s < sinks` keeps the `s`-th token of the stream for good. Slots `sinks..capacity` form
-//! a circular window of the most recent tokens. The i-th cached token (sinks first, then the
-//! window from oldest to newest) is at position i. Keys are stored as the model emitted them,
-//! rotated at the position `p0` they entered with, and `prepare_past` rotates each one by
-//! `i - p0` straight from that stored key, so rounding never builds up over a long stream.
+//! Entries live in rows. The `len()` cached entries always fill rows `0..len()`: the sinks
+//! take rows `0..sinks` for good, and an evicted window entry's row takes the entry of the
+//! last row (swap-remove), so the rows stay dense. A small ring (`window_rows`) keeps the
+//! window entries' rows from oldest to newest.
+//!
+//! Positions are virtual. The i-th cached entry (sinks first, then the window from oldest to
+//! newest) sits at position `base + i`, and a new entry enters at `base + len()`. Each
+//! eviction advances `base` by one, so a window entry keeps one position for its whole life
+//! and its key, rotated once, never moves again. Attention under RoPE depends only on the
+//! distance between query and key positions, so this is the same as placing every entry at
+//! its index within the cache. Only the sinks change position: their keys are rotated to
+//! `base + i` again before each forward pass, from the key the model emitted. Positions stay
+//! below `max_positions`: when the next chunk would pass it, `rebase` rotates every window key
+//! back by `base`, again from its emitted key, and sets `base` to 0. No key is rotated from an
+//! already rotated key, so rounding never builds up over a long stream.
+//!
+//! The handoff buffers hold every layer's rotated keys and values in the layout the runtime
+//! takes, `(kv_head, stride, head_dim)` with `stride` equal to `len()` after
+//! `prepare_handoff`, so the past of a layer is a plain view of its block. Rows at or past
+//! `stride` wait in a spill area after those rows until the next `prepare_handoff`, which
+//! relayouts the block only when the length changed (while the cache fills, or when the chunk
+//! size changes). In steady decoding the length before each step is `capacity - 1`, so
+//! nothing is copied.
 
 use crate::rope::{copy_f32, try_zeroed, RopeLayout, RopeTable, SIMD_AVAILABLE};
 use crate::Status;
@@ -31,18 +49,30 @@ pub struct RingConfig {
 /// The part of a ring that `snapshot` saves and `restore` brings back.
 #[derive(Clone, Debug)]
 pub(crate) struct RingState {
-    /// Keys as emitted by the model, `(layer, kv_head, slot, head_dim)` f32.
+    /// Keys as emitted by the model, `(layer, kv_head, row, head_dim)` f32 over `capacity` rows.
+    pub(crate) emitted_keys: Vec<f32>,
+    /// Keys rotated to their current positions, in the handoff layout (see `KvRing::offset`).
     pub(crate) keys: Vec<f32>,
-    /// Values, `(layer, kv_head, slot, head_dim)` f32.
+    /// Values, in the handoff layout.
     pub(crate) values: Vec<f32>,
-    /// Position `p0` each slot's entry entered the cache with, `(slot)`.
+    /// Position each row's entry entered the cache with, the one its emitted key is rotated to.
     pub(crate) entered_at: Vec<u32>,
+    /// Position each row's key in `keys` is rotated to.
+    pub(crate) position: Vec<u32>,
+    /// Rows of the window entries, a ring of `window` from `window_start`, oldest first.
+    pub(crate) window_rows: Vec<u32>,
+    /// Index in `window_rows` of each window row's entry.
+    pub(crate) ring_index: Vec<u32>,
     /// Number of sink slots in use; the window stays empty until this equals `sinks`.
     pub(crate) sinks_filled: usize,
-    /// Ring index (`0..window`) of the oldest window entry.
+    /// Index in `window_rows` of the oldest window entry.
     pub(crate) window_start: usize,
     /// Number of window entries, `0..=window`.
     pub(crate) window_len: usize,
+    /// Position of the first cached entry; the i-th entry sits at `base + i`.
+    pub(crate) base: usize,
+    /// Rows per head in the leading part of each layer's handoff block.
+    pub(crate) stride: usize,
     /// Number of entries evicted since creation.
     pub(crate) total_evicted: u64,
     /// Number of entries committed since creation.
@@ -57,7 +87,9 @@ const NOT_STAGED: usize = usize::MAX;
 pub struct KvRing {
     config: RingConfig,
     capacity: usize,
-    /// f32 elements of one head of one layer across all slots: `capacity * head_dim`.
+    /// Positions handed to the model stay below this.
+    max_positions: usize,
+    /// f32 elements of one head of one layer across all rows: `capacity * head_dim`.
     head_block: usize,
     rope: RopeTable,
     simd: bool,
@@ -67,19 +99,34 @@ pub struct KvRing {
     /// Count appended to each layer since the last commit, or `NOT_STAGED`.
     staged: Vec<usize>,
     /// New keys of one layer, `(kv_head, count, head_dim)` f32 with room for `capacity` tokens.
+    /// `prepare_handoff` also uses it as scratch space.
     staging_keys: Vec<f32>,
     /// New values of one layer, laid out like `staging_keys`.
     staging_values: Vec<f32>,
-    /// Keys rotated to current positions, per layer a block of `kv_heads * capacity * head_dim`
-    /// whose first `kv_heads * length * head_dim` elements are `(kv_head, length, head_dim)`.
+    /// Keys in cache order rotated to their index, allocated by the first `prepare_past`.
     past_keys: Vec<f32>,
-    /// Values, laid out like `past_keys`.
+    /// Values in cache order, allocated by the first `prepare_past`.
     past_values: Vec<f32>,
+    /// Bytes written to the handoff buffers by anything but `append`, since creation.
+    prepared_bytes: u64,
 }
 
 impl KvRing {
-    /// Allocates every buffer of a ring and the RoPE table for deltas up to `capacity - 1`.
+    /// Allocates a ring whose positions stay below its capacity, so every entry sits at its
+    /// index within the cache at every step and the window keys are rotated on every eviction.
     pub fn new(config: RingConfig, inv_freq: &[f64]) -> Result<Self, Status> {
+        let capacity = config.sinks.saturating_add(config.window);
+        KvRing::with_positions(config, inv_freq, capacity)
+    }
+
+    /// Allocates every buffer of a ring and the RoPE table for deltas below `max_positions`,
+    /// which must be at least the capacity. Positions handed out stay below `max_positions`;
+    /// the larger it is, the rarer the window keys are rotated.
+    pub fn with_positions(
+        config: RingConfig,
+        inv_freq: &[f64],
+        max_positions: usize,
+    ) -> Result<Self, Status> {
         if config.layers == 0 {
             return Err(Status::InvalidLayers);
         }
@@ -100,6 +147,9 @@ impl KvRing {
             .checked_add(config.window)
             .filter(|&c| c <= i32::MAX as usize)
             .ok_or(Status::TooLarge)?;
+        if max_positions < capacity || max_positions > i32::MAX as usize {
+            return Err(Status::InvalidPositions);
+        }
         let head_block = capacity
             .checked_mul(config.head_dim)
             .ok_or(Status::TooLarge)?;
@@ -110,25 +160,27 @@ impl KvRing {
             .ok_or(Status::TooLarge)?;
         let staging_len = head_block * config.kv_heads;
 
-        let rope = RopeTable::new(config.rope_dim, config.layout, inv_freq, capacity - 1)?;
-        let mut entered_at = Vec::new();
-        entered_at
-            .try_reserve_exact(capacity)
-            .map_err(|_| Status::OutOfMemory)?;
-        entered_at.resize(capacity, 0);
+        let rope = RopeTable::new(config.rope_dim, config.layout, inv_freq, max_positions - 1)?;
         let state = RingState {
+            emitted_keys: try_zeroed(storage_len)?,
             keys: try_zeroed(storage_len)?,
             values: try_zeroed(storage_len)?,
-            entered_at,
+            entered_at: try_zeroed_u32(capacity)?,
+            position: try_zeroed_u32(capacity)?,
+            window_rows: try_zeroed_u32(config.window)?,
+            ring_index: try_zeroed_u32(capacity)?,
             sinks_filled: 0,
             window_start: 0,
             window_len: 0,
+            base: 0,
+            stride: 0,
             total_evicted: 0,
             total_committed: 0,
         };
         Ok(KvRing {
             config,
             capacity,
+            max_positions,
             head_block,
             rope,
             simd: SIMD_AVAILABLE,
@@ -137,8 +189,9 @@ impl KvRing {
             staged: vec![NOT_STAGED; config.layers],
             staging_keys: try_zeroed(staging_len)?,
             staging_values: try_zeroed(staging_len)?,
-            past_keys: try_zeroed(storage_len)?,
-            past_values: try_zeroed(storage_len)?,
+            past_keys: Vec::new(),
+            past_values: Vec::new(),
+            prepared_bytes: 0,
         })
     }
 
@@ -147,7 +200,7 @@ impl KvRing {
         &self.config
     }
 
-    /// Number of f32 elements in the keys (or the values) of all layers and slots.
+    /// Number of f32 elements in the keys (or the values) of all layers and rows.
     pub(crate) fn storage_len(&self) -> usize {
         self.state.keys.len()
     }
@@ -172,6 +225,16 @@ impl KvRing {
         self.capacity
     }
 
+    /// Positions handed out stay below this.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Position of the first cached entry; the i-th entry sits at `base() + i`.
+    pub fn base(&self) -> usize {
+        self.state.base
+    }
+
     /// Number of cached entries.
     pub fn len(&self) -> usize {
         self.state.sinks_filled + self.state.window_len
@@ -192,6 +255,12 @@ impl KvRing {
         self.state.window_len
     }
 
+    /// Bytes written to ready the handoff buffers since creation: relayouts, sink rotations,
+    /// rebases and the rows that evictions move.
+    pub fn prepared_bytes(&self) -> u64 {
+        self.prepared_bytes
+    }
+
     /// Number of entries evicted since creation.
     pub fn total_evicted(&self) -> u64 {
         self.state.total_evicted
@@ -202,12 +271,13 @@ impl KvRing {
         self.state.total_committed
     }
 
-    /// Returns the position `p0` the i-th cached entry entered with.
+    /// Returns the position the i-th cached entry entered with, the one the model rotated its
+    /// key to.
     pub fn entered_at(&self, index: usize) -> Option<u32> {
         if index >= self.len() {
             return None;
         }
-        Some(self.state.entered_at[self.slot_of_entry(index)])
+        Some(self.state.entered_at[self.row_of_entry(index)])
     }
 
     /// Selects the SIMD loops when `enabled` and the build has them; returns whether they are in use.
@@ -222,18 +292,30 @@ impl KvRing {
         self.capacity - self.state.sinks_filled
     }
 
-    /// Evicts the oldest window entries so that `incoming` more entries fit; returns how many
-    /// were evicted.
+    /// Evicts the oldest window entries so that `incoming` more entries fit, and rebases the
+    /// positions when the new entries would reach `max_positions`; returns how many were
+    /// evicted.
     pub fn evict_for(&mut self, incoming: usize) -> Result<usize, Status> {
         if incoming > self.max_incoming() {
             return Err(Status::ChunkTooLarge);
         }
         let needed = (self.len() + incoming).saturating_sub(self.capacity);
         // Here `needed <= window_len`: with the sinks full, `needed = window_len + incoming - window`.
-        let state = &mut self.state;
-        state.window_start = (state.window_start + needed) % self.config.window;
-        state.window_len -= needed;
-        state.total_evicted += needed as u64;
+        for _ in 0..needed {
+            let window = self.config.window;
+            let row = self.state.window_rows[self.state.window_start] as usize;
+            let last = self.len() - 1;
+            self.state.window_start = (self.state.window_start + 1) % window;
+            self.state.window_len -= 1;
+            self.state.base += 1;
+            if last != row {
+                self.move_row(last, row);
+            }
+        }
+        self.state.total_evicted += needed as u64;
+        if self.state.base + self.len() + incoming > self.max_positions {
+            self.rebase()?;
+        }
         Ok(needed)
     }
 
@@ -250,29 +332,36 @@ impl KvRing {
         )
     }
 
-    /// Copies `count` staged entries of `layer` into the free slots they will occupy once
+    /// Copies `count` staged entries of `layer` into the free rows they will occupy once
     /// `commit(count)` runs. The cached entries stay untouched.
     pub fn append(&mut self, layer: usize, count: usize) -> Result<(), Status> {
         if layer >= self.config.layers {
             return Err(Status::InvalidLayer);
         }
-        if count > self.capacity - self.len() {
+        let length = self.len();
+        if count > self.capacity - length {
             return Err(Status::NoRoom);
         }
         let head_dim = self.config.head_dim;
         for head in 0..self.config.kv_heads {
-            let base = (layer * self.config.kv_heads + head) * self.head_block;
-            let staged_base = head * count * head_dim;
-            for (first, slot, run) in self.free_runs(count) {
-                let from = staged_base + first * head_dim..staged_base + (first + run) * head_dim;
-                let to = base + slot * head_dim..base + (slot + run) * head_dim;
+            for k in 0..count {
+                let row = length + k;
+                let from = (head * count + k) * head_dim..(head * count + k + 1) * head_dim;
+                let emitted = self.emitted_offset(layer, head, row);
+                let to = self.offset(layer, head, row);
+                let state = &mut self.state;
                 copy_f32(
-                    &mut self.state.keys[to.clone()],
+                    &mut state.emitted_keys[emitted..emitted + head_dim],
                     &self.staging_keys[from.clone()],
                     self.simd,
                 );
                 copy_f32(
-                    &mut self.state.values[to],
+                    &mut state.keys[to..to + head_dim],
+                    &self.staging_keys[from.clone()],
+                    self.simd,
+                );
+                copy_f32(
+                    &mut state.values[to..to + head_dim],
                     &self.staging_values[from],
                     self.simd,
                 );
@@ -283,71 +372,113 @@ impl KvRing {
     }
 
     /// Makes the `count` entries appended to every layer part of the cache, at positions
-    /// `len()..len() + count`.
+    /// `base() + len()..base() + len() + count`.
     pub fn commit(&mut self, count: usize) -> Result<(), Status> {
-        if count > self.capacity - self.len() {
+        let length = self.len();
+        if count > self.capacity - length {
             return Err(Status::NoRoom);
         }
         if self.staged.iter().any(|&staged| staged != count) {
             return Err(Status::NotStaged);
         }
-        let length = self.len();
-        for (first, slot, run) in self.free_runs(count) {
-            for k in 0..run {
-                self.state.entered_at[slot + k] = (length + first + k) as u32;
-            }
+        if self.state.base + length + count > self.max_positions {
+            return Err(Status::PositionLimit);
         }
         let to_sinks = count.min(self.config.sinks - self.state.sinks_filled);
-        self.state.sinks_filled += to_sinks;
-        self.state.window_len += count - to_sinks;
-        self.state.total_committed += count as u64;
+        let state = &mut self.state;
+        for k in 0..count {
+            let row = length + k;
+            let position = (state.base + row) as u32;
+            state.entered_at[row] = position;
+            state.position[row] = position;
+            if k >= to_sinks {
+                let index = (state.window_start + state.window_len) % self.config.window;
+                state.window_rows[index] = row as u32;
+                state.ring_index[row] = index as u32;
+                state.window_len += 1;
+            }
+        }
+        state.sinks_filled += to_sinks;
+        state.total_committed += count as u64;
         self.staged.fill(NOT_STAGED);
         Ok(())
     }
 
-    /// Writes every layer's keys, rotated to their current positions, and values into the
-    /// handoff buffers as `(kv_head, len, head_dim)`. Costs O(capacity) per layer and head.
+    /// Readies the handoff buffers for a forward pass of `incoming` new entries and returns
+    /// the position of the first of them, `base() + len()`: rebases if the new entries would
+    /// reach `max_positions`, rotates the sink keys to their current positions and lays each
+    /// layer out as `(kv_head, len, head_dim)` when the length changed since the last call.
+    pub fn prepare_handoff(&mut self, incoming: usize) -> Result<usize, Status> {
+        let length = self.len();
+        if incoming > self.capacity - length {
+            return Err(Status::NoRoom);
+        }
+        if self.state.base + length + incoming > self.max_positions {
+            self.rebase()?;
+        }
+        for row in 0..self.state.sinks_filled {
+            let target = self.state.base + row;
+            if self.state.position[row] as usize == target {
+                continue;
+            }
+            let delta = target as i64 - self.state.entered_at[row] as i64;
+            for layer in 0..self.config.layers {
+                for head in 0..self.config.kv_heads {
+                    self.rotate_row(layer, head, row, delta)?;
+                }
+            }
+            self.state.position[row] = target as u32;
+        }
+        if self.state.stride != length {
+            self.relayout(length);
+        }
+        Ok(self.state.base + length)
+    }
+
+    /// Returns `(keys, values)` of one layer as the runtime takes them, `(kv_head, len,
+    /// head_dim)`; valid after `prepare_handoff` until the next append.
+    pub fn handoff(&self, layer: usize) -> Option<(&[f32], &[f32])> {
+        if layer >= self.config.layers {
+            return None;
+        }
+        let start = layer * self.config.kv_heads * self.head_block;
+        let range = start..start + self.config.kv_heads * self.len() * self.config.head_dim;
+        Some((&self.state.keys[range.clone()], &self.state.values[range]))
+    }
+
+    /// Raw pointers to the handoff blocks of one layer, for the C interface.
+    pub fn handoff_ptrs(&self, layer: usize) -> Option<(*const f32, *const f32)> {
+        self.handoff(layer).map(|(k, v)| (k.as_ptr(), v.as_ptr()))
+    }
+
+    /// Writes every layer's keys, rotated to their index within the cache, and values into
+    /// separate buffers in cache order `(kv_head, len, head_dim)`, for inspection. Allocates
+    /// them on the first call. Costs O(capacity) per layer and head.
     pub fn prepare_past(&mut self) -> Result<(), Status> {
+        if self.past_keys.is_empty() {
+            self.past_keys = try_zeroed(self.storage_len())?;
+            self.past_values = try_zeroed(self.storage_len())?;
+        }
         let head_dim = self.config.head_dim;
         let length = self.len();
-        let sinks = self.state.sinks_filled;
         let layer_block = self.config.kv_heads * self.head_block;
         for layer in 0..self.config.layers {
             for head in 0..self.config.kv_heads {
-                let base = (layer * self.config.kv_heads + head) * self.head_block;
                 let out = layer * layer_block + head * length * head_dim;
-
-                // Sinks never move, so their keys go out as stored.
-                let sink_run = sinks * head_dim;
-                copy_f32(
-                    &mut self.past_keys[out..out + sink_run],
-                    &self.state.keys[base..base + sink_run],
-                    self.simd,
-                );
-                for (first, slot, run) in self.window_runs() {
-                    let to = out + first * head_dim..out + (first + run) * head_dim;
-                    let from = base + slot * head_dim..base + (slot + run) * head_dim;
+                for index in 0..length {
+                    let row = self.row_of_entry(index);
+                    let to = out + index * head_dim..out + (index + 1) * head_dim;
+                    let value = self.offset(layer, head, row);
                     copy_f32(
-                        &mut self.past_values[to],
-                        &self.state.values[from],
+                        &mut self.past_values[to.clone()],
+                        &self.state.values[value..value + head_dim],
                         self.simd,
                     );
-                }
-                copy_f32(
-                    &mut self.past_values[out..out + sink_run],
-                    &self.state.values[base..base + sink_run],
-                    self.simd,
-                );
-
-                for j in 0..self.state.window_len {
-                    let position = sinks + j;
-                    let slot = self.window_slot(j);
-                    let delta = position as i64 - self.state.entered_at[slot] as i64;
-                    let to = out + position * head_dim..out + (position + 1) * head_dim;
-                    let from = base + slot * head_dim..base + (slot + 1) * head_dim;
+                    let emitted = self.emitted_offset(layer, head, row);
+                    let delta = index as i64 - self.state.entered_at[row] as i64;
                     let rotated = self.rope.rotate(
                         &mut self.past_keys[to],
-                        &self.state.keys[from],
+                        &self.state.emitted_keys[emitted..emitted + head_dim],
                         delta,
                         self.simd,
                     );
@@ -361,9 +492,9 @@ impl KvRing {
     }
 
     /// Returns `(keys, values)` of one layer from the last `prepare_past`, each
-    /// `(kv_head, len, head_dim)`.
+    /// `(kv_head, len, head_dim)`; `None` before the first `prepare_past`.
     pub fn past(&self, layer: usize) -> Option<(&[f32], &[f32])> {
-        if layer >= self.config.layers {
+        if layer >= self.config.layers || self.past_keys.is_empty() {
             return None;
         }
         let layer_block = self.config.kv_heads * self.head_block;
@@ -372,7 +503,7 @@ impl KvRing {
         Some((&self.past_keys[range.clone()], &self.past_values[range]))
     }
 
-    /// Raw pointers to the handoff buffers of one layer, for the C interface.
+    /// Raw pointers to the cache-order buffers of one layer, for the C interface.
     pub fn past_ptrs(&self, layer: usize) -> Option<(*const f32, *const f32)> {
         self.past(layer).map(|(k, v)| (k.as_ptr(), v.as_ptr()))
     }
@@ -383,16 +514,15 @@ impl KvRing {
             Some(saved) => copy_state(saved, &self.state),
             None => {
                 let mut saved = RingState {
+                    emitted_keys: try_zeroed(self.state.emitted_keys.len())?,
                     keys: try_zeroed(self.state.keys.len())?,
                     values: try_zeroed(self.state.values.len())?,
-                    entered_at: Vec::new(),
+                    entered_at: try_zeroed_u32(self.capacity)?,
+                    position: try_zeroed_u32(self.capacity)?,
+                    window_rows: try_zeroed_u32(self.config.window)?,
+                    ring_index: try_zeroed_u32(self.capacity)?,
                     ..self.state.clone_counters()
                 };
-                saved
-                    .entered_at
-                    .try_reserve_exact(self.capacity)
-                    .map_err(|_| Status::OutOfMemory)?;
-                saved.entered_at.resize(self.capacity, 0);
                 copy_state(&mut saved, &self.state);
                 self.saved = Some(saved);
             }
@@ -409,53 +539,162 @@ impl KvRing {
         Ok(())
     }
 
-    /// Returns the slot of the i-th cached entry (`index < len()`).
-    fn slot_of_entry(&self, index: usize) -> usize {
+    /// Returns the row of the i-th cached entry (`index < len()`).
+    pub(crate) fn row_of_entry(&self, index: usize) -> usize {
         if index < self.state.sinks_filled {
             index
         } else {
-            self.window_slot(index - self.state.sinks_filled)
+            let j = index - self.state.sinks_filled;
+            self.state.window_rows[(self.state.window_start + j) % self.config.window] as usize
         }
     }
 
-    /// Returns the slot of the j-th window entry, counting from the oldest.
-    fn window_slot(&self, j: usize) -> usize {
-        self.config.sinks + (self.state.window_start + j) % self.config.window
+    /// Returns the offset of a row of one head of one layer in the handoff buffers: rows below
+    /// `stride` lie at `(kv_head, stride, head_dim)` from the layer's start, later rows in a
+    /// spill area of `(kv_head, capacity - stride, head_dim)` after them.
+    pub(crate) fn offset(&self, layer: usize, head: usize, row: usize) -> usize {
+        let head_dim = self.config.head_dim;
+        let start = layer * self.config.kv_heads * self.head_block;
+        let stride = self.state.stride;
+        if row < stride {
+            start + (head * stride + row) * head_dim
+        } else {
+            let spill = self.config.kv_heads * stride;
+            start + (spill + head * (self.capacity - stride) + row - stride) * head_dim
+        }
     }
 
-    /// Splits the window entries into at most two runs of consecutive slots:
-    /// `(index of the first entry within the window, first slot, run length)`.
-    fn window_runs(&self) -> impl Iterator<Item = (usize, usize, usize)> {
-        let window = self.config.window;
-        let start = self.state.window_start;
-        let first = self.state.window_len.min(window - start);
-        let second = self.state.window_len - first;
-        let sinks = self.config.sinks;
-        let first_run = (0, sinks + start, first);
-        let second_run = (first, sinks, second);
-        // `prepare_past` writes window entries after the filled sinks.
-        let shift = self.state.sinks_filled;
-        [first_run, second_run]
-            .into_iter()
-            .filter(|&(_, _, run)| run > 0)
-            .map(move |(index, slot, run)| (index + shift, slot, run))
+    /// Returns the offset of a row of one head of one layer in `emitted_keys`.
+    pub(crate) fn emitted_offset(&self, layer: usize, head: usize, row: usize) -> usize {
+        (layer * self.config.kv_heads + head) * self.head_block + row * self.config.head_dim
     }
 
-    /// Splits the slots the next `count` entries will occupy into at most three runs of
-    /// consecutive slots: `(index of the first entry within the chunk, first slot, run length)`.
-    fn free_runs(&self, count: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-        let sinks = self.config.sinks;
-        let window = self.config.window;
-        let to_sinks = count.min(sinks - self.state.sinks_filled);
-        let to_window = count - to_sinks;
-        let start = (self.state.window_start + self.state.window_len) % window;
-        let first = to_window.min(window - start);
-        let runs = [
-            (0, self.state.sinks_filled, to_sinks),
-            (to_sinks, sinks + start, first),
-            (to_sinks + first, sinks, to_window - first),
-        ];
-        runs.into_iter().filter(|&(_, _, run)| run > 0)
+    /// Sets the handoff key of a row from its emitted key rotated by `delta`.
+    fn rotate_row(&mut self, layer: usize, head: usize, row: usize, delta: i64) -> Result<(), Status> {
+        let head_dim = self.config.head_dim;
+        let to = self.offset(layer, head, row);
+        let from = self.emitted_offset(layer, head, row);
+        let rotated = self.rope.rotate(
+            &mut self.state.keys[to..to + head_dim],
+            &self.state.emitted_keys[from..from + head_dim],
+            delta,
+            self.simd,
+        );
+        self.prepared_bytes += (head_dim * 4) as u64;
+        if rotated {
+            Ok(())
+        } else {
+            Err(Status::Corrupted)
+        }
+    }
+
+    /// Moves the window entry of row `from` to the free row `to`, in every layer and head.
+    fn move_row(&mut self, from: usize, to: usize) {
+        let head_dim = self.config.head_dim;
+        for layer in 0..self.config.layers {
+            for head in 0..self.config.kv_heads {
+                let (source, target) = (self.offset(layer, head, from), self.offset(layer, head, to));
+                let state = &mut self.state;
+                state.keys.copy_within(source..source + head_dim, target);
+                state.values.copy_within(source..source + head_dim, target);
+                let (source, target) = (
+                    self.emitted_offset(layer, head, from),
+                    self.emitted_offset(layer, head, to),
+                );
+                self.state
+                    .emitted_keys
+                    .copy_within(source..source + head_dim, target);
+            }
+        }
+        // Keys, values and emitted keys of one row per layer and head.
+        let rows = self.config.layers * self.config.kv_heads;
+        self.prepared_bytes += (3 * rows * head_dim * 4) as u64;
+        let state = &mut self.state;
+        state.entered_at[to] = state.entered_at[from];
+        state.position[to] = state.position[from];
+        let index = state.ring_index[from];
+        state.ring_index[to] = index;
+        state.window_rows[index as usize] = to as u32;
+    }
+
+    /// Moves every position down by `base` and sets `base` to 0: rotates each window key from
+    /// its emitted key to its new position. The sinks follow in `prepare_handoff`.
+    fn rebase(&mut self) -> Result<(), Status> {
+        let shift = self.state.base;
+        if shift == 0 {
+            return Ok(());
+        }
+        for row in self.state.sinks_filled..self.len() {
+            let target = self.state.position[row] as usize - shift;
+            let delta = target as i64 - self.state.entered_at[row] as i64;
+            for layer in 0..self.config.layers {
+                for head in 0..self.config.kv_heads {
+                    self.rotate_row(layer, head, row, delta)?;
+                }
+            }
+            self.state.position[row] = target as u32;
+        }
+        self.state.base = 0;
+        Ok(())
+    }
+
+    /// Lays every layer's handoff block out with `stride` rows per head. The `len()` entries
+    /// fill rows `0..len()`, and `stride` must be `len()`, so the spill area ends up empty.
+    /// Goes through the staging buffers, which hold one layer.
+    fn relayout(&mut self, stride: usize) {
+        let head_dim = self.config.head_dim;
+        let kv_heads = self.config.kv_heads;
+        let run = stride * head_dim;
+        for layer in 0..self.config.layers {
+            for head in 0..kv_heads {
+                for row in 0..stride {
+                    let from = self.offset(layer, head, row);
+                    let to = (head * stride + row) * head_dim;
+                    self.staging_keys[to..to + head_dim]
+                        .copy_from_slice(&self.state.keys[from..from + head_dim]);
+                    self.staging_values[to..to + head_dim]
+                        .copy_from_slice(&self.state.values[from..from + head_dim]);
+                }
+            }
+            let start = layer * kv_heads * self.head_block;
+            let used = kv_heads * run;
+            copy_f32(
+                &mut self.state.keys[start..start + used],
+                &self.staging_keys[..used],
+                self.simd,
+            );
+            copy_f32(
+                &mut self.state.values[start..start + used],
+                &self.staging_values[..used],
+                self.simd,
+            );
+        }
+        self.state.stride = stride;
+        // Keys and values, into the staging buffers and back.
+        let elements = self.config.layers * kv_heads * run;
+        self.prepared_bytes += (2 * 2 * elements * 4) as u64;
+    }
+
+    /// Rebuilds the handoff keys of the current state from the emitted keys, rotating each
+    /// to its row's position.
+    pub(crate) fn rebuild_handoff(&mut self) -> Result<(), Status> {
+        let head_dim = self.config.head_dim;
+        for row in 0..self.len() {
+            let delta = self.state.position[row] as i64 - self.state.entered_at[row] as i64;
+            for layer in 0..self.config.layers {
+                for head in 0..self.config.kv_heads {
+                    if delta == 0 {
+                        let (from, to) = (self.emitted_offset(layer, head, row), self.offset(layer, head, row));
+                        let state = &mut self.state;
+                        state.keys[to..to + head_dim]
+                            .copy_from_slice(&state.emitted_keys[from..from + head_dim]);
+                    } else {
+                        self.rotate_row(layer, head, row, delta)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -463,22 +702,42 @@ impl RingState {
     /// Returns a state with these counters and empty buffers.
     fn clone_counters(&self) -> RingState {
         RingState {
+            emitted_keys: Vec::new(),
             keys: Vec::new(),
             values: Vec::new(),
             entered_at: Vec::new(),
+            position: Vec::new(),
+            window_rows: Vec::new(),
+            ring_index: Vec::new(),
             ..*self
         }
     }
 }
 
+/// Allocates `len` zeroed u32, reporting a failed allocation instead of aborting.
+pub(crate) fn try_zeroed_u32(len: usize) -> Result<Vec<u32>, Status> {
+    let mut buffer = Vec::new();
+    buffer
+        .try_reserve_exact(len)
+        .map_err(|_| Status::OutOfMemory)?;
+    buffer.resize(len, 0);
+    Ok(buffer)
+}
+
 /// Copies `from` into `to` without allocating; both come from the same ring.
 fn copy_state(to: &mut RingState, from: &RingState) {
+    to.emitted_keys.copy_from_slice(&from.emitted_keys);
     to.keys.copy_from_slice(&from.keys);
     to.values.copy_from_slice(&from.values);
     to.entered_at.copy_from_slice(&from.entered_at);
+    to.position.copy_from_slice(&from.position);
+    to.window_rows.copy_from_slice(&from.window_rows);
+    to.ring_index.copy_from_slice(&from.ring_index);
     to.sinks_filled = from.sinks_filled;
     to.window_start = from.window_start;
     to.window_len = from.window_len;
+    to.base = from.base;
+    to.stride = from.stride;
     to.total_evicted = from.total_evicted;
     to.total_committed = from.total_committed;
 }

@@ -341,6 +341,8 @@ fn c_interface_reports_status_codes() {
         assert_eq!(kv_query(ring, 99), -1.0);
         assert_eq!(kv_entered_at(ring, 2), 2);
         assert_eq!(kv_entered_at(ring, 3), -1);
+        assert!(kv_past_values(ring, 0).is_null());
+        assert_eq!(kv_prepare_past(ring), 0);
         assert!(kv_past_keys(ring, 1).is_null());
         assert!(!kv_past_values(ring, 0).is_null());
         assert_eq!(kv_restore(ring), Status::NoSnapshot as i32);
@@ -551,21 +553,28 @@ fn import_state_rejects_other_sizes_and_damage() {
     bad_version[0] = 99;
     assert_eq!(target.import_state(&bad_version), Err(Status::InvalidState));
 
-    // window_len (word 10) larger than the window.
+    // window_len (word 11) larger than the window.
     let mut bad_length = bytes.clone();
-    bad_length[40..44].copy_from_slice(&6u32.to_le_bytes());
+    bad_length[44..48].copy_from_slice(&6u32.to_le_bytes());
     assert_eq!(target.import_state(&bad_length), Err(Status::InvalidState));
 
-    // An entry that claims to have entered at a position beyond the capacity.
+    // The entered positions start after the 72 header bytes, the current positions and the
+    // ring indices follow, 7 words each. An entry that claims to have entered at a position
+    // beyond the limit, which is the capacity here:
     let mut bad_position = bytes.clone();
-    bad_position[64..68].copy_from_slice(&7u32.to_le_bytes());
+    bad_position[72..76].copy_from_slice(&7u32.to_le_bytes());
     assert_eq!(target.import_state(&bad_position), Err(Status::InvalidState));
 
-    // The newest window entry (index 6, slot 6) claiming to have entered at a lower position
-    // than its current one.
+    // The newest window entry (index 6, row 6) claiming a position other than its index.
     let mut bad_position = bytes.clone();
-    bad_position[64 + 6 * 4..64 + 7 * 4].copy_from_slice(&5u32.to_le_bytes());
+    bad_position[100 + 6 * 4..100 + 7 * 4].copy_from_slice(&5u32.to_le_bytes());
     assert_eq!(target.import_state(&bad_position), Err(Status::InvalidState));
+
+    // Two window rows claiming the same ring index.
+    let mut same_index = bytes.clone();
+    let first = same_index[128 + 2 * 4..128 + 3 * 4].to_vec();
+    same_index[128 + 3 * 4..128 + 4 * 4].copy_from_slice(&first);
+    assert_eq!(target.import_state(&same_index), Err(Status::InvalidState));
     assert_eq!(target.len(), 0);
 }
 
@@ -596,4 +605,139 @@ fn c_interface_exports_and_imports_state() {
         );
     }
     assert_eq!(copy.len(), 3);
+}
+
+/// Streams a million tokens through the handoff path with a position limit a little above the
+/// capacity, so the ring rebases every few tokens. Checks that each handed-out key equals its
+/// unrotated key rotated once to `base` plus its index within the cache, computed in f64, that
+/// the values come in the same rows, and that the cache-order buffers still match.
+fn check_handoff_no_drift(layout: RopeLayout, seed: u64) {
+    let config = RingConfig {
+        layers: 2,
+        kv_heads: 2,
+        head_dim: 6,
+        sinks: 3,
+        window: 7,
+        rope_dim: 4,
+        layout,
+    };
+    let freq = inv_freq(config.rope_dim, 10.0);
+    let capacity = config.sinks + config.window;
+    let mut ring = KvRing::with_positions(config, &freq, capacity + 5).unwrap();
+    let head_dim = config.head_dim;
+    let mut rng = Rng(seed);
+    let mut cached: VecDeque<usize> = VecDeque::new();
+    let mut total = 0usize;
+    let mut worst = 0f64;
+    let (mut step, mut checks, mut rebases) = (0usize, 0usize, 0usize);
+    while total < 1_000_000 {
+        let count = rng.range(1, ring.max_incoming().min(4));
+        ring.evict_for(count).unwrap();
+        while cached.len() + count > ring.capacity() {
+            cached.remove(config.sinks);
+        }
+        let first = ring.prepare_handoff(count).unwrap();
+        let length = ring.len();
+        assert_eq!(first, ring.base() + length);
+        assert!(first + count <= ring.max_positions());
+        if ring.base() == 0 && total >= capacity {
+            rebases += 1;
+        }
+
+        step += 1;
+        if step % 29 == 0 {
+            checks += 1;
+            for layer in 0..config.layers {
+                let (keys, values) = ring.handoff(layer).unwrap();
+                assert_eq!(keys.len(), config.kv_heads * length * head_dim);
+                for head in 0..config.kv_heads {
+                    let mut seen = vec![false; length];
+                    for row in 0..length {
+                        let at = (head * length + row) * head_dim;
+                        let id = values[at] as usize;
+                        let index = cached.iter().position(|&c| c == id).unwrap();
+                        assert!(!seen[index]);
+                        seen[index] = true;
+                        let raw = raw_key(id, layer, head, head_dim);
+                        let expected = rotate_f64(&raw, (ring.base() + index) as f64, &freq, layout);
+                        for d in 0..head_dim {
+                            worst = worst.max((keys[at + d] as f64 - expected[d]).abs());
+                        }
+                    }
+                }
+            }
+            ring.prepare_past().unwrap();
+            let (keys, values) = ring.past(0).unwrap();
+            for (index, &id) in cached.iter().enumerate() {
+                let expected = rotate_f64(&raw_key(id, 0, 0, head_dim), index as f64, &freq, layout);
+                assert_eq!(values[index * head_dim] as usize, id);
+                for d in 0..head_dim {
+                    worst = worst.max((keys[index * head_dim + d] as f64 - expected[d]).abs());
+                }
+            }
+        }
+
+        for layer in 0..config.layers {
+            let (keys, values) = ring.staging_mut();
+            for head in 0..config.kv_heads {
+                for k in 0..count {
+                    let raw = raw_key(total + k, layer, head, head_dim);
+                    let emitted = rotate_f64(&raw, (first + k) as f64, &freq, layout);
+                    let at = (head * count + k) * head_dim;
+                    for d in 0..head_dim {
+                        keys[at + d] = emitted[d] as f32;
+                        values[at + d] = (total + k) as f32;
+                    }
+                }
+            }
+            ring.append(layer, count).unwrap();
+        }
+        ring.commit(count).unwrap();
+        cached.extend(total..total + count);
+        total += count;
+    }
+    assert!(checks > 5_000, "only {checks} steps were checked");
+    assert!(rebases > 10_000, "only {rebases} rebases");
+    assert!(worst < 1e-6, "{layout:?}: max error {worst}");
+}
+
+#[test]
+fn million_tokens_handoff_no_drift_adjacent() {
+    check_handoff_no_drift(RopeLayout::Adjacent, 21);
+}
+
+#[test]
+fn million_tokens_handoff_no_drift_halves() {
+    check_handoff_no_drift(RopeLayout::Halves, 22);
+}
+
+#[test]
+fn steady_decoding_keeps_the_layout() {
+    let mut ring = plain_ring(2, 2, 5);
+    push_ids(&mut ring, 0, 7);
+    // A full cache and one token per step: the length before each step stays at 6.
+    for id in 7..40 {
+        ring.evict_for(1).unwrap();
+        ring.prepare_handoff(1).unwrap();
+        let pointer = ring.handoff_ptrs(1).unwrap().0;
+        assert_eq!(ring.state_parts().stride, 6);
+        push_ids(&mut ring, id, 1);
+        assert_eq!(ring.handoff_ptrs(1).unwrap().0, pointer);
+        assert_eq!(past_ids(&mut ring, 1), expected_ids(id + 1, 2, 5));
+    }
+}
+
+#[test]
+fn with_positions_rejects_a_limit_below_the_capacity() {
+    let config = RingConfig {
+        layers: 1,
+        kv_heads: 1,
+        head_dim: 2,
+        sinks: 1,
+        window: 3,
+        rope_dim: 0,
+        layout: RopeLayout::Adjacent,
+    };
+    let result = KvRing::with_positions(config, &[], 3);
+    assert_eq!(result.err().map(|status| status as i32), Some(Status::InvalidPositions as i32));
 }
