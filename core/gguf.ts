@@ -79,6 +79,8 @@ export const GGML_TYPE_NAMES: Readonly<Record<number, string>> = {
 export const GGML_TYPE_F32 = 0;
 /** ggml type id of float16 tensors. */
 export const GGML_TYPE_F16 = 1;
+/** ggml type id of Q4_0: blocks of 32 values, an f16 scale and 16 bytes of 4-bit values. */
+export const GGML_TYPE_Q4_0 = 2;
 
 /** Default of `general.alignment` when a file does not set it. */
 export const GGUF_DEFAULT_ALIGNMENT = 32;
@@ -338,7 +340,7 @@ export function halfToFloat(bits: number): number {
 /**
  * Read one tensor as float32 with dims outermost first (ggml `ne` reversed). F16 data is
  * converted and Q8_0, Q4_0, Q4_K and Q6_K data dequantized; any other ggml type is rejected
- * with an error naming the type.
+ * with an error naming the type. Q4_0 blocks are also returned as they are, in `q4_0`.
  */
 export function readTensor(file: GgufFile, name: string): Tensor {
   const info = file.tensors.get(name);
@@ -356,7 +358,11 @@ export function readTensor(file: GgufFile, name: string): Tensor {
   } else if (info.type === GGML_TYPE_F16) {
     for (let i = 0; i < count; i++) data[i] = halfToFloat(view.getUint16(i * 2, true));
   } else if (QUANT_FORMATS[info.type] !== undefined) {
-    return { dims, data: dequantize(info.type, file.bytes.subarray(start, start + tensorByteSize(info)), count) };
+    const blocks = file.bytes.subarray(start, start + tensorByteSize(info));
+    const tensor: Tensor = { dims, data: dequantize(info.type, blocks, count) };
+    // A copy, so that the tensor does not keep the whole file's bytes alive.
+    if (info.type === GGML_TYPE_Q4_0) tensor.q4_0 = blocks.slice();
+    return tensor;
   } else {
     throw new TypeError(
       `Unsupported tensor type ${ggmlTypeName(info.type)} in ${name}: sinkstream loads F32, F16, Q8_0, Q4_0, Q4_K and Q6_K tensors`,

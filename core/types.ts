@@ -11,6 +11,12 @@
 export interface Tensor {
   dims: number[];
   data: Float32Array;
+  /**
+   * The ggml Q4_0 blocks that `data` was dequantized from, when the GGUF file stored the tensor
+   * as Q4_0: each row of `dims[last]` values is a run of 18-byte blocks of 32 values (f16 scale,
+   * then 16 bytes of nibbles). The ONNX graph builder runs such weights with `MatMulNBits`.
+   */
+  q4_0?: Uint8Array;
 }
 
 /** Rotary position embedding settings of a model. */

@@ -4,12 +4,16 @@
  */
 
 import { describe, expect, test } from "bun:test";
+import { buildLlamaOnnx, GRAPH_OPERATORS, type GraphOperators } from "../core/onnx/llama_graph.ts";
 import { type DecoderRunOutput, DecoderRuntime } from "../core/runtime.ts";
 import { type LlamaConfig, type LlamaLayerWeights, type LlamaWeights, ropeInvFreq, type Tensor } from "../core/types.ts";
 import { mulberry32, relativeError } from "./support/numeric.ts";
-import { emptyPast } from "./support/runtime.ts";
+import { emptyPast, nativeInstalled } from "./support/runtime.ts";
+import { quantizeQ4_0 } from "../core/gguf_writer.ts";
+import { dequantize } from "../core/quant.ts";
 
 const TEST_TIMEOUT_MS = 30_000;
+const GGML_Q4_0 = 2;
 const MAX_RELATIVE_ERROR = 1e-4;
 
 // ---------------------------------------------------------------------------------------
@@ -23,6 +27,8 @@ interface TinyOptions {
   ropeDim?: number;
   biases?: boolean;
   seed?: number;
+  nEmbd?: number;
+  nFf?: number;
 }
 
 function makeTinyWeights(options: TinyOptions = {}): LlamaWeights {
@@ -33,11 +39,11 @@ function makeTinyWeights(options: TinyOptions = {}): LlamaWeights {
   const config: LlamaConfig = {
     architecture: "llama",
     nLayers: 2,
-    nEmbd: 16,
+    nEmbd: options.nEmbd ?? 16,
     nHeads,
     nKvHeads: options.nKvHeads ?? 2,
     headDim,
-    nFf: 24,
+    nFf: options.nFf ?? 24,
     vocabSize: 40,
     contextLength: 64,
     rmsNormEps: 1e-5,
@@ -194,8 +200,12 @@ function flatten(rows: Float64Array[]): Float64Array {
   return out;
 }
 
-async function withRuntime<T>(w: LlamaWeights, body: (runtime: DecoderRuntime) => Promise<T>): Promise<T> {
-  const runtime = await DecoderRuntime.create(w);
+async function withRuntime<T>(
+  w: LlamaWeights,
+  operators: GraphOperators,
+  body: (runtime: DecoderRuntime) => Promise<T>,
+): Promise<T> {
+  const runtime = await DecoderRuntime.create(w, { operators });
   try {
     return await body(runtime);
   } finally {
@@ -209,139 +219,222 @@ const POSITIONS = TOKENS.map((_, i) => i);
 // ---------------------------------------------------------------------------------------
 // Tests
 
-describe("llama ONNX graph", () => {
-  const variants: [string, TinyOptions][] = [
-    ["adjacent rope, GQA", { layout: "adjacent" }],
-    ["halves rope, GQA", { layout: "halves" }],
-    ["adjacent partial rotary", { layout: "adjacent", headDim: 8, ropeDim: 4 }],
-    ["halves partial rotary", { layout: "halves", headDim: 8, ropeDim: 4 }],
-    ["multi-head without grouping", { nKvHeads: 4 }],
-    ["single kv head", { nKvHeads: 1 }],
-    ["q/k/v biases", { biases: true }],
-  ];
+for (const operators of GRAPH_OPERATORS) {
+  describe(`llama ONNX graph, ${operators} operators`, () => {
+    const variants: [string, TinyOptions][] = [
+      ["adjacent rope, GQA", { layout: "adjacent" }],
+      ["halves rope, GQA", { layout: "halves" }],
+      ["adjacent partial rotary", { layout: "adjacent", headDim: 8, ropeDim: 4 }],
+      ["halves partial rotary", { layout: "halves", headDim: 8, ropeDim: 4 }],
+      ["multi-head without grouping", { nKvHeads: 4 }],
+      ["single kv head", { nKvHeads: 1 }],
+      ["q/k/v biases", { biases: true }],
+    ];
 
-  for (const [name, options] of variants) {
-    test(`full sequence matches reference: ${name}`, async () => {
-      const w = makeTinyWeights(options);
-      const expected = referenceForward(w, TOKENS, POSITIONS);
-      const out = await withRuntime(w, (rt) =>
-        rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0 })
-      );
-      expect(out.logits.length).toBe(TOKENS.length * w.config.vocabSize);
-      expect(relativeError(out.logits, flatten(expected.logits))).toBeLessThan(MAX_RELATIVE_ERROR);
-      for (let i = 0; i < w.config.nLayers; i++) {
-        expect(out.present[i].key.length).toBe(w.config.nKvHeads * TOKENS.length * w.config.headDim);
-        expect(relativeError(out.present[i].key, expected.keys[i])).toBeLessThan(MAX_RELATIVE_ERROR);
-      }
+    for (const [name, options] of variants) {
+      test(`full sequence matches reference: ${name}`, async () => {
+        const w = makeTinyWeights(options);
+        const expected = referenceForward(w, TOKENS, POSITIONS);
+        const out = await withRuntime(w, operators, (rt) =>
+          rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0 })
+        );
+        expect(out.logits.length).toBe(TOKENS.length * w.config.vocabSize);
+        expect(relativeError(out.logits, flatten(expected.logits))).toBeLessThan(MAX_RELATIVE_ERROR);
+        for (let i = 0; i < w.config.nLayers; i++) {
+          expect(out.present[i].key.length).toBe(w.config.nKvHeads * TOKENS.length * w.config.headDim);
+          expect(relativeError(out.present[i].key, expected.keys[i])).toBeLessThan(MAX_RELATIVE_ERROR);
+        }
+      }, TEST_TIMEOUT_MS);
+    }
+
+    test("rope layouts give different logits", async () => {
+      const adjacent = makeTinyWeights({ layout: "adjacent" });
+      const halves = makeTinyWeights({ layout: "halves", headDim: 4 });
+      const run = (w: LlamaWeights) =>
+        withRuntime(w, operators, (rt) => rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0 }));
+      const [a, b] = [await run(adjacent), await run(halves)];
+      expect(relativeError(a.logits, b.logits)).toBeGreaterThan(1e-3);
     }, TEST_TIMEOUT_MS);
-  }
 
-  test("rope layouts give different logits", async () => {
-    const adjacent = makeTinyWeights({ layout: "adjacent" });
-    const halves = makeTinyWeights({ layout: "halves", headDim: 4 });
-    const run = (w: LlamaWeights) =>
-      withRuntime(w, (rt) => rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0 }));
-    const [a, b] = [await run(adjacent), await run(halves)];
-    expect(relativeError(a.logits, b.logits)).toBeGreaterThan(1e-3);
-  }, TEST_TIMEOUT_MS);
-
-  test("prefix then rest equals full run", async () => {
-    const w = makeTinyWeights({ layout: "halves", biases: true });
-    await withRuntime(w, async (rt) => {
-      const full = await rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0 });
-      const split = 4;
-      const first = await rt.run({
-        inputIds: TOKENS.slice(0, split),
-        positionIds: POSITIONS.slice(0, split),
-        past: emptyPast(w.layers.length),
-        pastLength: 0,
+    test("prefix then rest equals full run", async () => {
+      const w = makeTinyWeights({ layout: "halves", biases: true });
+      await withRuntime(w, operators, async (rt) => {
+        const full = await rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0 });
+        const split = 4;
+        const first = await rt.run({
+          inputIds: TOKENS.slice(0, split),
+          positionIds: POSITIONS.slice(0, split),
+          past: emptyPast(w.layers.length),
+          pastLength: 0,
+        });
+        const rest = await rt.run({
+          inputIds: TOKENS.slice(split),
+          positionIds: POSITIONS.slice(split),
+          past: first.present,
+          pastLength: split,
+        });
+        const vocab = w.config.vocabSize;
+        expect(relativeError(first.logits, full.logits.subarray(0, split * vocab))).toBeLessThan(MAX_RELATIVE_ERROR);
+        expect(relativeError(rest.logits, full.logits.subarray(split * vocab))).toBeLessThan(MAX_RELATIVE_ERROR);
+        for (let i = 0; i < w.config.nLayers; i++) {
+          expect(relativeError(rest.present[i].key, full.present[i].key)).toBeLessThan(MAX_RELATIVE_ERROR);
+          expect(relativeError(rest.present[i].value, full.present[i].value)).toBeLessThan(MAX_RELATIVE_ERROR);
+        }
       });
-      const rest = await rt.run({
-        inputIds: TOKENS.slice(split),
-        positionIds: POSITIONS.slice(split),
-        past: first.present,
-        pastLength: split,
+    }, TEST_TIMEOUT_MS);
+
+    test("one-token decode steps equal full run", async () => {
+      const w = makeTinyWeights({ layout: "adjacent", headDim: 8, ropeDim: 4 });
+      const expected = referenceForward(w, TOKENS, POSITIONS);
+      await withRuntime(w, operators, async (rt) => {
+        let past = emptyPast(w.layers.length);
+        for (let t = 0; t < TOKENS.length; t++) {
+          const out: DecoderRunOutput = await rt.run({ inputIds: [TOKENS[t]], positionIds: [t], past, pastLength: t });
+          expect(relativeError(out.logits, expected.logits[t])).toBeLessThan(MAX_RELATIVE_ERROR);
+          past = out.present;
+        }
       });
-      const vocab = w.config.vocabSize;
-      expect(relativeError(first.logits, full.logits.subarray(0, split * vocab))).toBeLessThan(MAX_RELATIVE_ERROR);
-      expect(relativeError(rest.logits, full.logits.subarray(split * vocab))).toBeLessThan(MAX_RELATIVE_ERROR);
-      for (let i = 0; i < w.config.nLayers; i++) {
-        expect(relativeError(rest.present[i].key, full.present[i].key)).toBeLessThan(MAX_RELATIVE_ERROR);
-        expect(relativeError(rest.present[i].value, full.present[i].value)).toBeLessThan(MAX_RELATIVE_ERROR);
-      }
-    });
-  }, TEST_TIMEOUT_MS);
+    }, TEST_TIMEOUT_MS);
 
-  test("one-token decode steps equal full run", async () => {
-    const w = makeTinyWeights({ layout: "adjacent", headDim: 8, ropeDim: 4 });
-    const expected = referenceForward(w, TOKENS, POSITIONS);
-    await withRuntime(w, async (rt) => {
-      let past = emptyPast(w.layers.length);
-      for (let t = 0; t < TOKENS.length; t++) {
-        const out: DecoderRunOutput = await rt.run({ inputIds: [TOKENS[t]], positionIds: [t], past, pastLength: t });
-        expect(relativeError(out.logits, expected.logits[t])).toBeLessThan(MAX_RELATIVE_ERROR);
-        past = out.present;
-      }
-    });
-  }, TEST_TIMEOUT_MS);
-
-  test("past given as offset views", async () => {
-    const w = makeTinyWeights();
-    await withRuntime(w, async (rt) => {
-      const first = await rt.run({ inputIds: TOKENS.slice(0, 3), positionIds: [0, 1, 2], past: emptyPast(w.layers.length), pastLength: 0 });
-      // Copy each cache into the middle of a larger buffer, so the view has a byteOffset.
-      const views = first.present.map(({ key, value }) => {
-        const store = new Float32Array(key.length + value.length + 10).fill(Number.NaN);
-        store.set(key, 5);
-        store.set(value, 5 + key.length);
-        return {
-          key: store.subarray(5, 5 + key.length),
-          value: store.subarray(5 + key.length, 5 + key.length + value.length),
-        };
+    test("past given as offset views", async () => {
+      const w = makeTinyWeights();
+      await withRuntime(w, operators, async (rt) => {
+        const first = await rt.run({ inputIds: TOKENS.slice(0, 3), positionIds: [0, 1, 2], past: emptyPast(w.layers.length), pastLength: 0 });
+        // Copy each cache into the middle of a larger buffer, so the view has a byteOffset.
+        const views = first.present.map(({ key, value }) => {
+          const store = new Float32Array(key.length + value.length + 10).fill(Number.NaN);
+          store.set(key, 5);
+          store.set(value, 5 + key.length);
+          return {
+            key: store.subarray(5, 5 + key.length),
+            value: store.subarray(5 + key.length, 5 + key.length + value.length),
+          };
+        });
+        const fromViews = await rt.run({ inputIds: [TOKENS[3]], positionIds: [3], past: views, pastLength: 3 });
+        const fromCopies = await rt.run({ inputIds: [TOKENS[3]], positionIds: [3], past: first.present, pastLength: 3 });
+        expect(Array.from(fromViews.logits)).toEqual(Array.from(fromCopies.logits));
       });
-      const fromViews = await rt.run({ inputIds: [TOKENS[3]], positionIds: [3], past: views, pastLength: 3 });
-      const fromCopies = await rt.run({ inputIds: [TOKENS[3]], positionIds: [3], past: first.present, pastLength: 3 });
-      expect(Array.from(fromViews.logits)).toEqual(Array.from(fromCopies.logits));
-    });
-  }, TEST_TIMEOUT_MS);
+    }, TEST_TIMEOUT_MS);
 
-  test("non-contiguous position ids match reference", async () => {
-    const w = makeTinyWeights({ layout: "halves" });
-    const positions = [0, 1, 2, 40, 41, 42, 43, 60, 63];
-    const expected = referenceForward(w, TOKENS, positions);
-    const out = await withRuntime(w, (rt) =>
-      rt.run({ inputIds: TOKENS, positionIds: positions, past: emptyPast(w.layers.length), pastLength: 0 })
+    test("non-contiguous position ids match reference", async () => {
+      const w = makeTinyWeights({ layout: "halves" });
+      const positions = [0, 1, 2, 40, 41, 42, 43, 60, 63];
+      const expected = referenceForward(w, TOKENS, positions);
+      const out = await withRuntime(w, operators, (rt) =>
+        rt.run({ inputIds: TOKENS, positionIds: positions, past: emptyPast(w.layers.length), pastLength: 0 })
+      );
+      expect(relativeError(out.logits, flatten(expected.logits))).toBeLessThan(MAX_RELATIVE_ERROR);
+    }, TEST_TIMEOUT_MS);
+
+    test("attention mask zeros mask keys", async () => {
+      const w = makeTinyWeights();
+      const mask = TOKENS.map((_, j) => (j === 2 || j === 5 ? 0 : 1));
+      const masked = referenceForward(w, TOKENS, POSITIONS, mask);
+      const unmasked = referenceForward(w, TOKENS, POSITIONS);
+      await withRuntime(w, operators, async (rt) => {
+        const out = await rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0, attentionMask: mask });
+        // Key 0 stays visible, so every query row has at least one key.
+        expect(relativeError(out.logits, flatten(masked.logits))).toBeLessThan(MAX_RELATIVE_ERROR);
+        expect(relativeError(out.logits, flatten(unmasked.logits))).toBeGreaterThan(1e-3);
+
+        // A decode step over a masked prefix keeps masking those past keys.
+        const prefix = await rt.run({
+          inputIds: TOKENS.slice(0, 8),
+          positionIds: POSITIONS.slice(0, 8),
+          past: emptyPast(w.layers.length),
+          pastLength: 0,
+          attentionMask: mask.slice(0, 8),
+        });
+        const step = await rt.run({
+          inputIds: [TOKENS[8]],
+          positionIds: [8],
+          past: prefix.present,
+          pastLength: 8,
+          attentionMask: mask,
+        });
+        expect(relativeError(step.logits, masked.logits[8])).toBeLessThan(MAX_RELATIVE_ERROR);
+      });
+    }, TEST_TIMEOUT_MS);
+  });
+}
+
+describe("buildLlamaOnnx operators option", () => {
+  const decoder = new TextDecoder();
+
+  test("default uses contrib operators", () => {
+    const text = decoder.decode(buildLlamaOnnx(makeTinyWeights()));
+    for (const op of ["SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RotaryEmbedding", "QuickGelu", "com.microsoft"]) {
+      expect(text).toContain(op);
+    }
+  });
+
+  test("standard uses no contrib operators", () => {
+    const text = decoder.decode(buildLlamaOnnx(makeTinyWeights(), { operators: "standard" }));
+    for (const op of ["SimplifiedLayerNormalization", "RotaryEmbedding", "QuickGelu", "com.microsoft"]) {
+      expect(text).not.toContain(op);
+    }
+  });
+
+  test("unknown operators value throws", () => {
+    expect(() => buildLlamaOnnx(makeTinyWeights(), { operators: "gqa" as GraphOperators })).toThrow(
+      'Cannot build the decoder graph: current operators is "gqa"; use one of fused, standard',
     );
-    expect(relativeError(out.logits, flatten(expected.logits))).toBeLessThan(MAX_RELATIVE_ERROR);
-  }, TEST_TIMEOUT_MS);
+  });
+});
 
-  test("attention mask zeros mask keys", async () => {
-    const w = makeTinyWeights();
-    const mask = TOKENS.map((_, j) => (j === 2 || j === 5 ? 0 : 1));
-    const masked = referenceForward(w, TOKENS, POSITIONS, mask);
-    const unmasked = referenceForward(w, TOKENS, POSITIONS);
-    await withRuntime(w, async (rt) => {
-      const out = await rt.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0, attentionMask: mask });
-      // Key 0 stays visible, so every query row has at least one key.
-      expect(relativeError(out.logits, flatten(masked.logits))).toBeLessThan(MAX_RELATIVE_ERROR);
-      expect(relativeError(out.logits, flatten(unmasked.logits))).toBeGreaterThan(1e-3);
+/** Round every matrix of `w` to Q4_0, keeping the blocks in `q4_0` as a Q4_0 GGUF file loads. */
+function toQ4_0(w: LlamaWeights): LlamaWeights {
+  const quantize = (t: Tensor): Tensor => {
+    const blocks = quantizeQ4_0(t.data);
+    return { dims: t.dims, data: dequantize(GGML_Q4_0, blocks, t.data.length), q4_0: blocks };
+  };
+  const layers = w.layers.map((layer) => ({
+    ...layer,
+    wq: quantize(layer.wq),
+    wk: quantize(layer.wk),
+    wv: quantize(layer.wv),
+    wo: quantize(layer.wo),
+    wGate: quantize(layer.wGate),
+    wUp: quantize(layer.wUp),
+    wDown: quantize(layer.wDown),
+  }));
+  const embedding = quantize(w.tokenEmbedding);
+  return { ...w, layers, tokenEmbedding: embedding, output: embedding };
+}
 
-      // A decode step over a masked prefix keeps masking those past keys.
-      const prefix = await rt.run({
-        inputIds: TOKENS.slice(0, 8),
-        positionIds: POSITIONS.slice(0, 8),
-        past: emptyPast(w.layers.length),
-        pastLength: 0,
-        attentionMask: mask.slice(0, 8),
-      });
-      const step = await rt.run({
+describe("Q4_0 weights with MatMulNBits", () => {
+  // Rows of 32 and 64 values, whole Q4_0 blocks; head size 8.
+  const q4Options: TinyOptions = { nEmbd: 32, nFf: 64, headDim: 8, biases: true };
+
+  test("graph uses MatMulNBits only when asked", () => {
+    const w = toQ4_0(makeTinyWeights(q4Options));
+    const decoder = new TextDecoder();
+    expect(decoder.decode(buildLlamaOnnx(w, { matMulNBits: true }))).toContain("MatMulNBits");
+    expect(decoder.decode(buildLlamaOnnx(w))).not.toContain("MatMulNBits");
+  });
+
+  test("matMulNBits with standard operators throws", () => {
+    expect(() => buildLlamaOnnx(makeTinyWeights(), { operators: "standard", matMulNBits: true })).toThrow(
+      'Cannot build the decoder graph with matMulNBits: current operators is "standard"; use operators "fused" or leave matMulNBits off',
+    );
+  });
+
+  test.skipIf(!nativeInstalled())("native logits match reference", async () => {
+    const w = toQ4_0(makeTinyWeights(q4Options));
+    const expected = referenceForward(w, TOKENS, POSITIONS);
+    const runtime = await DecoderRuntime.create(w, { backend: "native" });
+    try {
+      const full = await runtime.run({ inputIds: TOKENS, positionIds: POSITIONS, past: emptyPast(w.layers.length), pastLength: 0 });
+      expect(relativeError(full.logits, flatten(expected.logits))).toBeLessThan(MAX_RELATIVE_ERROR);
+      const step = await runtime.run({
         inputIds: [TOKENS[8]],
         positionIds: [8],
-        past: prefix.present,
+        past: (await runtime.run({ inputIds: TOKENS.slice(0, 8), positionIds: POSITIONS.slice(0, 8), past: emptyPast(w.layers.length), pastLength: 0 })).present,
         pastLength: 8,
-        attentionMask: mask,
       });
-      expect(relativeError(step.logits, masked.logits[8])).toBeLessThan(MAX_RELATIVE_ERROR);
-    });
+      expect(relativeError(step.logits, expected.logits[8])).toBeLessThan(MAX_RELATIVE_ERROR);
+    } finally {
+      await runtime.dispose();
+    }
   }, TEST_TIMEOUT_MS);
 });

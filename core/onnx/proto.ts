@@ -9,6 +9,7 @@
 /** `TensorProto.DataType` values used by this project. */
 export enum DataType {
   FLOAT = 1,
+  UINT8 = 2,
   INT32 = 6,
   INT64 = 7,
   BOOL = 9,
