@@ -73,7 +73,7 @@ export const BENCH_MODELS: readonly BenchModelShape[] = [
   },
 ];
 
-const TENSOR_TYPES: readonly GgufTensorType[] = ["F32", "F16"];
+const TENSOR_TYPES: readonly GgufTensorType[] = ["F32", "F16", "Q4_0"];
 const WEIGHT_STD = 0.02;
 const MODEL_SEED = 0x5eed;
 /** Values generated per chunk of a streamed tensor. */
