@@ -279,9 +279,13 @@ describe("signals while lines are queued", () => {
       await new Promise((resolve) => setTimeout(resolve, 3000));
       cli.child.kill("SIGINT");
       await new Promise((resolve) => setTimeout(resolve, 300));
-      cli.child.kill("SIGINT");
+      // Repeat the second SIGINT, as a user pressing Ctrl-C again would: on a loaded machine two
+      // signals that arrive before the runtime dispatches the first are delivered as one.
       const signalled = performance.now();
+      const repeat = setInterval(() => cli.child.kill("SIGINT"), 250);
+      cli.child.kill("SIGINT");
       const run = await cli.done;
+      clearInterval(repeat);
 
       expect(performance.now() - signalled).toBeLessThan(1000);
       expect(run.code).toBe(130);
