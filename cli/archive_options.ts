@@ -88,8 +88,8 @@ export interface StreamArchive {
  * Opens the archive for a stream, or returns undefined when nothing would use it: recall is
  * off and no `--archive` path was given.
  *
- * NOTE: a temporary archive is deleted by `close()` only. A command that a signal ends
- * without running its `finally` blocks (`ask` and `summarize` install no handler) leaves the
+ * NOTE: a temporary archive is deleted by `close()` only. A process that ends without running
+ * its `finally` blocks (SIGKILL, or a second SIGINT, which exits at once) leaves the
  * `sinkstream-archive-*` folder in the temporary directory.
  */
 export async function openStreamArchive(

@@ -52,6 +52,31 @@ export async function writeStdout(text: string): Promise<void> {
   });
 }
 
+/**
+ * Queue of writes to standard output, so that generated text streams without waiting for the
+ * pipe. The first failed write (a closed standard output) is kept and skips the writes queued
+ * after it, and `flush` throws it.
+ */
+export class StdoutQueue {
+  #pending: Promise<void> = Promise.resolve();
+  #error: unknown;
+
+  /** Queue `text` after the writes before it. */
+  write(text: string): void {
+    this.#pending = this.#pending
+      .then(() => (this.#error === undefined ? writeStdout(text) : undefined))
+      .catch((error) => {
+        this.#error ??= error;
+      });
+  }
+
+  /** Wait for the queued writes, and throw the first error one of them met. */
+  async flush(): Promise<void> {
+    await this.#pending;
+    if (this.#error !== undefined) throw this.#error;
+  }
+}
+
 /** Write one diagnostic line to standard error. */
 export function writeStderr(text: string): void {
   try {

@@ -1,7 +1,7 @@
 /**
- * The driver shared by the line-streaming commands (`score`, `watch`): input from standard
- * input or `--follow FILE`, a bounded queue between reading and ingesting (`--queue`,
- * `--drop`), state files (`--state`, `--save-every`), and SIGINT/SIGTERM handling.
+ * The driver shared by the line-streaming commands (`score`, `watch`, `summarize`, `ask`):
+ * input from standard input or `--follow FILE`, a bounded queue between reading and ingesting
+ * (`--queue`, `--drop`), state files (`--state`, `--save-every`), and SIGINT/SIGTERM handling.
  *
  * On the first SIGINT or SIGTERM the line in hand is finished, the command's final output is
  * written, the state is saved and the process exits 0. A second SIGINT exits at once with 130.
@@ -72,8 +72,8 @@ export interface LineConsumer {
   /** Milliseconds until `onTimer` is due, or undefined for no timer. */
   msUntilTimer?(): number | undefined;
   onTimer?(): Promise<void>;
-  /** Write the final output; called once at the end of input or after a signal. */
-  finish(): Promise<void>;
+  /** Write the final output; called once, at the `end` of input or after a `signal`. */
+  finish(reason: "end" | "signal"): Promise<void>;
   exportState(): { pipeline: Record<string, unknown>; blobs: Record<string, Uint8Array> };
   importState(pipeline: Record<string, unknown>, blobs: Record<string, Uint8Array>): void;
 }
@@ -184,7 +184,7 @@ export async function runLineStream(
         if (options.saveEvery !== undefined && lines % options.saveEvery === 0) await save(false);
       }
       if (stopping) ended = "signal";
-      await consumer.finish();
+      await consumer.finish(stopping ? "signal" : "end");
     } catch (error) {
       if (!(error instanceof StdoutClosedError)) {
         exitSoonAfterError();

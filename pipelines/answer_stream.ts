@@ -50,6 +50,12 @@ export interface AnswerStreamRun {
   archiver?: LineArchiver;
   /** Archive search at question time; off when undefined. */
   recall?: RecallSettings;
+  /**
+   * {@linkcode AnswerStream} only: after the final answer, take the tokens that wait for a
+   * full chunk out of the cache again, so that a state saved afterwards resumes the stream
+   * with the same chunks as an uninterrupted run.
+   */
+  resumable?: boolean;
 }
 
 /**
@@ -59,6 +65,16 @@ export interface AnswerStreamRun {
  */
 export function encodeStreamLine(tokenizer: TextTokenizer, line: string, first: boolean): number[] {
   return tokenizer.encode(line, { addBos: first, addSpacePrefix: first });
+}
+
+/** Line and token state of a {@linkcode LineIngestor}, for a state file. */
+export interface LineIngestorState {
+  /** Input lines (pieces of long lines counted one each) tokenized so far. */
+  lines: number;
+  /** Whether the first line, which carries BOS, was tokenized. */
+  started: boolean;
+  /** Token ids tokenized but not ingested yet, fewer than one chunk. */
+  pendingTokens: number[];
 }
 
 /**
@@ -84,8 +100,13 @@ export class LineIngestor {
     const ids = encodeStreamLine(this.model.tokenizer, line, !this.#started);
     this.#started = true;
     this.lines++;
-    this.archiver?.track(line, ids.length);
     for (const id of ids) this.#pending.push(id);
+    if (this.archiver !== undefined) {
+      // Pass the stream index one past the line's last token. That is the number of tokens
+      // ingested (evictions plus cache length, also after a restored state) plus those pending.
+      const { evictions } = this.session.stats;
+      this.archiver.trackIngested(line, evictions, this.session.cacheLength + this.#pending.length, this.lines);
+    }
     const { chunkSize } = this.session.sizes;
     const ready = this.#pending.length - (this.#pending.length % chunkSize);
     if (ready > 0) {
@@ -106,6 +127,148 @@ export class LineIngestor {
   get started(): boolean {
     return this.#started;
   }
+
+  /** Number of tokens waiting for a full chunk. */
+  get pendingTokens(): number {
+    return this.#pending.length;
+  }
+
+  /** Return the line count, the BOS flag and the pending tokens, for a state file. */
+  exportState(): LineIngestorState {
+    return { lines: this.lines, started: this.#started, pendingTokens: [...this.#pending] };
+  }
+
+  /**
+   * Bring back the state of `exportState`.
+   *
+   * @throws RangeError when the state is malformed or a pending token is outside the vocabulary
+   */
+  importState(state: LineIngestorState): void {
+    const vocab = this.model.config.vocabSize;
+    const { lines, started, pendingTokens } = state ?? {};
+    if (!Number.isSafeInteger(lines) || lines < 0 || typeof started !== "boolean" || !Array.isArray(pendingTokens)) {
+      throw new RangeError(`Invalid saved line state: current value is ${JSON.stringify(state)}; it needs lines, started and pendingTokens`);
+    }
+    const invalid = pendingTokens.find((id) => !Number.isSafeInteger(id) || id < 0 || id >= vocab);
+    if (invalid !== undefined) {
+      throw new RangeError(`Invalid saved pending token: current value is ${JSON.stringify(invalid)}; the model's vocabulary has ${vocab} ids`);
+    }
+    this.lines = lines;
+    this.#started = started;
+    this.#pending = [...pendingTokens];
+  }
+}
+
+/** State of an {@linkcode AnswerStream}, for a state file. */
+export interface AnswerStreamState {
+  ingestor: LineIngestorState;
+  /** Line count at the last `every` answer; absent before the first. */
+  everyAnswerLines?: number;
+}
+
+/** The parts of a stream that ingesting the pending tokens changes. */
+interface SavedIngest {
+  /** Bytes of `KvKernel.exportState`. */
+  kernel: Uint8Array;
+  evictions: number;
+  tokensIngested: number;
+  ingestor: LineIngestorState;
+}
+
+/**
+ * Ingests a line stream and answers the request every `run.every` lines and once at the end.
+ *
+ * The final answer needs every line in the cache, so it ingests the tokens that wait for a
+ * full chunk first. With `run.resumable` the cache and counters go back to their state before
+ * that, and the tokens wait again, so a state saved after {@linkcode finish} continues the
+ * chunks exactly as an uninterrupted stream would.
+ *
+ * @example
+ * ```ts
+ * const stream = new AnswerStream(model, session, { request: { kind: "summary" }, maxTokens: 16, sampler, every: 100 });
+ * for (const line of lines) await stream.addLine(line);
+ * const final = await stream.finish();
+ * assert(final === undefined || final.final);
+ * ```
+ */
+export class AnswerStream {
+  readonly model: LoadedModel;
+  readonly session: StreamingSession;
+  readonly run: AnswerStreamRun;
+  readonly ingestor: LineIngestor;
+  /** Line count at the last `every` answer. */
+  #everyAnswerLines: number | undefined;
+
+  constructor(model: LoadedModel, session: StreamingSession, run: AnswerStreamRun) {
+    this.model = model;
+    this.session = session;
+    this.run = run;
+    this.ingestor = new LineIngestor(model, session, run.archiver);
+  }
+
+  /** Input lines tokenized so far, across a restored state. */
+  get lines(): number {
+    return this.ingestor.lines;
+  }
+
+  /** Ingest one line, and answer when it completes `every` lines. */
+  async addLine(line: string): Promise<Answer | undefined> {
+    await this.ingestor.addLine(line);
+    this.run.onProgress?.(this.ingestor.lines);
+    if (!this.run.every || this.ingestor.lines % this.run.every !== 0) return undefined;
+    await this.ingestor.flush();
+    const result = await answer(this.model, this.session, this.ingestor, this.run, false);
+    this.#everyAnswerLines = this.ingestor.lines;
+    return result;
+  }
+
+  /**
+   * Give the final answer, unless an `every` answer was just given for the same lines. Call
+   * it once, after the last line.
+   */
+  async finish(): Promise<Answer | undefined> {
+    // An `every` answer flushed the pending tokens, so none wait when it is skipped.
+    if (this.#everyAnswerLines === this.ingestor.lines) return undefined;
+    const before = this.run.resumable && this.ingestor.pendingTokens > 0 ? this.#saveIngest() : undefined;
+    await this.ingestor.flush();
+    try {
+      return await answer(this.model, this.session, this.ingestor, this.run, true);
+    } finally {
+      if (before !== undefined) this.#restoreIngest(before);
+    }
+  }
+
+  /** Return what ingesting the pending tokens changes: the cache, two counters and the ingestor. */
+  #saveIngest(): SavedIngest {
+    const { evictions, tokensIngested } = this.session.stats;
+    return { kernel: this.session.kernel.exportState(), evictions, tokensIngested, ingestor: this.ingestor.exportState() };
+  }
+
+  #restoreIngest(saved: SavedIngest): void {
+    this.session.kernel.importState(saved.kernel);
+    this.session.stats.evictions = saved.evictions;
+    this.session.stats.tokensIngested = saved.tokensIngested;
+    this.ingestor.importState(saved.ingestor);
+  }
+
+  /** Return the line, token and answer state, for a state file. */
+  exportState(): AnswerStreamState {
+    return { ingestor: this.ingestor.exportState(), everyAnswerLines: this.#everyAnswerLines };
+  }
+
+  /**
+   * Bring back the state of `exportState`.
+   *
+   * @throws RangeError when the state is malformed
+   */
+  importState(state: AnswerStreamState): void {
+    const everyAnswerLines = state?.everyAnswerLines;
+    if (everyAnswerLines !== undefined && (!Number.isSafeInteger(everyAnswerLines) || everyAnswerLines < 0)) {
+      throw new RangeError(`Invalid saved answer line count: current value is ${JSON.stringify(everyAnswerLines)}; it needs a whole number`);
+    }
+    this.ingestor.importState(state?.ingestor);
+    this.#everyAnswerLines = everyAnswerLines;
+  }
 }
 
 /** Ingest `lines` and answer the request every `every` lines and at the end. */
@@ -115,20 +278,14 @@ export async function runAnswerStream(
   lines: AsyncIterable<string>,
   run: AnswerStreamRun,
 ): Promise<Answer[]> {
-  const ingestor = new LineIngestor(model, session, run.archiver);
   const answers: Answer[] = [];
-  for await (const line of lines) {
-    await ingestor.addLine(line);
-    run.onProgress?.(ingestor.lines);
-    if (run.every && ingestor.lines % run.every === 0) {
-      await ingestor.flush();
-      answers.push(await answer(model, session, ingestor, run, false));
-    }
-  }
-  await ingestor.flush();
-  // The final answer is skipped when an --every answer was just given for the same lines.
-  const answeredLast = answers.length > 0 && answers[answers.length - 1].lines === ingestor.lines;
-  if (!answeredLast) answers.push(await answer(model, session, ingestor, run, true));
+  const onAnswer = (result: Answer) => {
+    answers.push(result);
+    run.onAnswer?.(result);
+  };
+  const stream = new AnswerStream(model, session, { ...run, onAnswer });
+  for await (const line of lines) await stream.addLine(line);
+  await stream.finish();
   return answers;
 }
 

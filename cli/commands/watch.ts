@@ -16,7 +16,7 @@ import {
   recalledRecord,
   type StreamArchive,
 } from "../archive_options.ts";
-import { writeStderr, writeStdout } from "../io.ts";
+import { StdoutQueue, writeStderr, writeStdout } from "../io.ts";
 import { addModelOptions, type ModelOptions, openModel, openSession, parseNonNegative, parseWholeNumber } from "../options.ts";
 import { ProgressReporter } from "../progress.ts";
 import { addStreamOptions, type LineConsumer, runLineStream, type StreamOptions } from "../streaming.ts";
@@ -119,10 +119,8 @@ async function watchStream(
 ): Promise<void> {
   const progress = new ProgressReporter(session, { quiet: options.quiet });
   const sampler = new Sampler({ temperature: options.temperature, seed: options.seed });
-  let pendingWrite: Promise<void> = Promise.resolve();
-  const write = (text: string) => {
-    pendingWrite = pendingWrite.then(() => writeStdout(text));
-  };
+  const stdout = new StdoutQueue();
+  const write = (text: string) => stdout.write(text);
 
   const watcher = new Watcher(model, session, {
     request,
@@ -152,16 +150,16 @@ async function watchStream(
     command: "watch",
     addLine: async (text) => {
       await watcher.addLine(text);
-      await pendingWrite;
+      await stdout.flush();
     },
     msUntilTimer: () => watcher.msUntilInterval(),
     onTimer: async () => {
       await watcher.checkInterval();
-      await pendingWrite;
+      await stdout.flush();
     },
     finish: async () => {
       await watcher.finish();
-      await pendingWrite;
+      await stdout.flush();
       archive?.finish();
     },
     exportState: () => {
