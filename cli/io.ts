@@ -1,6 +1,6 @@
 /** Standard streams for the command line, the same under Deno, Bun and Node. */
 
-import { readFileSync } from "node:fs";
+import { fstatSync, read, readFileSync } from "node:fs";
 import process from "node:process";
 
 declare const Deno: { stdin: { readable: ReadableStream<Uint8Array> } } | undefined;
@@ -9,8 +9,25 @@ declare const Bun: { stdin: { stream(): ReadableStream<Uint8Array> } } | undefin
 /** Return standard input as a stream of byte chunks. */
 export function stdinBytes(): AsyncIterable<Uint8Array> {
   if (typeof Deno !== "undefined") return Deno.stdin.readable as unknown as AsyncIterable<Uint8Array>;
-  if (typeof Bun !== "undefined") return Bun.stdin.stream() as unknown as AsyncIterable<Uint8Array>;
+  if (typeof Bun !== "undefined") {
+    // Bun.stdin reads a regular file from its first byte, not from the descriptor's offset, so
+    // `{ read -r header; sinkstream …; } < file` would see the header again.
+    if (fstatSync(0).isFile()) return readFromOffset(0);
+    return Bun.stdin.stream() as unknown as AsyncIterable<Uint8Array>;
+  }
   return process.stdin as unknown as AsyncIterable<Uint8Array>;
+}
+
+/** Read a file descriptor from its current offset to its end, in chunks of 64 KiB. */
+async function* readFromOffset(descriptor: number): AsyncGenerator<Uint8Array> {
+  while (true) {
+    const buffer = new Uint8Array(65536);
+    const count = await new Promise<number>((resolve, reject) => {
+      read(descriptor, buffer, 0, buffer.length, null, (error, bytesRead) => (error ? reject(error) : resolve(bytesRead)));
+    });
+    if (count === 0) return;
+    yield buffer.subarray(0, count);
+  }
 }
 
 /** Read all of standard input as UTF-8 text. */

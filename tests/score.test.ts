@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,7 +8,7 @@ import { GgufMetadataBuilder, writeGguf } from "../core/gguf_writer.ts";
 import { readLines } from "../core/text_lines.ts";
 import { encodeStreamLine } from "../pipelines/answer_stream.ts";
 import { LineScorer, nllOf, TopPercentFilter } from "../pipelines/score.ts";
-import { logLines, records, runCli, RUNTIMES, startCli, waitFor } from "./support/cli.ts";
+import { logLines, records, ROOT, runCli, RUNTIMES, startCli, waitFor } from "./support/cli.ts";
 import { LOGS_DIR, STORIES_V1, STORIES_V3, storiesSession } from "./support/stories.ts";
 
 const CLI_TIMEOUT_MS = 120_000;
@@ -125,6 +126,21 @@ describe("readLines bad input", () => {
 });
 
 describe("score command", () => {
+  for (const runtime of ["bun", "deno"]) {
+    test(`${runtime} reads a redirected file from its offset`, () => {
+      // A shell that reads the header line first hands over the rest of the file, as with cat.
+      const path = join(scratch, `offset-${runtime}.log`);
+      writeFileSync(path, logLines(LOG, 0, 3));
+      const command = [...RUNTIMES[runtime], "score", "--model", STORIES_V1, "--json", "--quiet"]
+        .map((word) => `'${word}'`)
+        .join(" ");
+      const run = spawnSync("sh", ["-c", `{ read -r header; ${command}; } < '${path}'`], { cwd: ROOT, encoding: "utf8" });
+      expect(run.status).toBe(0);
+      const texts = records(run.stdout).filter((record) => record.type === "line").map((record) => record.text);
+      expect(texts).toEqual(logLines(LOG, 1, 3).split("\n").slice(0, 2));
+    }, CLI_TIMEOUT_MS);
+  }
+
   for (const [runtime, model] of [["bun", STORIES_V1], ["deno", STORIES_V3]]) {
     test(`${runtime} scores real log lines`, async () => {
       const run = await runCli(runtime, ["score", "--model", model, "--json", "--window", "124"], logLines("Linux_2k.log", 0, 8));
