@@ -80,7 +80,12 @@ export async function resolveModelPath(spec: string, options: RepoDownloadOption
   } catch {
     // Not a local path: try the hub ids below.
   }
-  const local = spec.startsWith(".") || spec.startsWith("/");
+  // Hub ids are org/name or org/name/file. A spec that starts like a path, names a model file
+  // right under one folder, or starts with a folder that exists here is a missing local path.
+  const segments = spec.split("/");
+  const local = spec.startsWith(".") || spec.startsWith("/") || spec.startsWith("~") ||
+    (segments.length === 2 && /\.(gguf|onnx)$/i.test(spec)) ||
+    (segments.length > 1 && (await isDirectory(segments[0])));
   const hubRepo = local ? undefined : parseHubRepoId(spec);
   if (hubRepo) return await downloadHubRepo(hubRepo, options);
   const hubFile = local ? undefined : parseHubFileId(spec);
@@ -177,4 +182,12 @@ export async function createSession(
     maxPositions: kernelPositions(model.runtime, sizes.sinks + sizes.window),
   });
   return { session: new StreamingSession(model.runtime, kernel, sizes), warning };
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
 }

@@ -114,6 +114,9 @@ describe("summarize and ask on real logs", () => {
 describe("errors and pipes", () => {
   const cases: [string, string[], number, RegExp][] = [
     ["missing model", ["summarize", "--model", "/nonexistent/model.gguf"], 3, /^sinkstream: Model file not found: \/nonexistent\/model.gguf; /],
+    // Relative paths with one slash look like hub ids; these must not reach the network.
+    ["missing relative model", ["summarize", "--model", "models/stories.gguf"], 3, /^sinkstream: Model file not found: models\/stories.gguf; /],
+    ["missing file in a folder here", ["summarize", "--model", "tests/nonexistent"], 3, /^sinkstream: Model file not found: tests\/nonexistent; /],
     ["a log as the model", ["summarize", "--model", `${LOGS_DIR}Linux_2k.log`], 3, /^sinkstream: Cannot load model .*Linux_2k.log: Failed to parse GGUF: not a GGUF file/],
     ["window 0", ["summarize", "--model", STORIES_V1, "--window", "0"], 2, /^sinkstream: Invalid window size: current value is "0"; use a whole number ≥ 1/],
     ["window not a number", ["summarize", "--window", "abc"], 2, /Invalid window size: current value is "abc"/],
