@@ -67,8 +67,11 @@ export function addStreamOptions(command: Command): Command {
 export interface LineConsumer {
   /** Command name, stored in the state file so another command does not resume from it. */
   command: string;
-  /** Ingest one input line (or piece of a long line). */
-  addLine(text: string): Promise<void>;
+  /**
+   * Ingest one input line (or piece of a long line). `last` marks the end of the input when it
+   * has no line terminator: that piece still ends its line.
+   */
+  addLine(text: string, last: boolean): Promise<void>;
   /** Milliseconds until `onTimer` is due, or undefined for no timer. */
   msUntilTimer?(): number | undefined;
   onTimer?(): Promise<void>;
@@ -177,7 +180,7 @@ export async function runLineStream(
           }
           line = taken.item;
         }
-        await consumer.addLine(line.text);
+        await consumer.addLine(line.text, line.final === true);
         if (line.end !== undefined) position = line.end;
         lines++;
         onProgress?.(lines);

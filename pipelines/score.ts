@@ -63,14 +63,15 @@ export class LineScorer {
 
   /**
    * Tokenize and ingest one line, and return its score. A piece without "\n" is the leading
-   * part of a longer line; the next piece continues the same line number.
+   * part of a longer line, and the next piece continues the same line number, unless `last`
+   * marks it as the end of the input.
    */
-  async addLine(text: string): Promise<LineScore> {
+  async addLine(text: string, last = false): Promise<LineScore> {
     const first = !this.#started;
     const ids = encodeStreamLine(this.model.tokenizer, text, first);
     this.#started = true;
     const line = this.lines + 1;
-    const ended = text.endsWith("\n");
+    const ended = text.endsWith("\n") || last;
     if (ended) this.lines++;
 
     // With BOS in front, the BOS logits predict the line's first token.

@@ -76,15 +76,15 @@ export class Watcher {
   }
 
   /** Ingest one line, then answer when it triggers, crosses the threshold or completes `every`. */
-  async addLine(text: string): Promise<LineScore> {
-    const score = await this.scorer.addLine(text);
+  async addLine(text: string, last = false): Promise<LineScore> {
+    const score = await this.scorer.addLine(text, last);
     const { archiver } = this.run;
     if (archiver !== undefined) {
       archiver.trackIngested(text, this.session.stats.evictions, this.session.cacheLength, score.line);
       archiver.release(this.session.stats.evictions);
     }
     this.linesSinceAnswer++;
-    if (text.endsWith("\n")) this.linesSinceEvery++;
+    if (text.endsWith("\n") || last) this.linesSinceEvery++;
 
     const { trigger, threshold, every } = this.run;
     if (trigger !== undefined) {

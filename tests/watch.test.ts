@@ -130,6 +130,17 @@ describe("BoundedQueue", () => {
 });
 
 describe("watch command", () => {
+  test("unterminated last line counts", async () => {
+    // Like the shared logs, the input ends without a newline: its last line still completes --every.
+    const input = logLines(LOG, 0, 6).replace(/\n$/, "");
+    const run = await runCli("bun", ["watch", "--model", STORIES_V1, "--every", "6", "--max-tokens", "2", "--json"], input);
+    expect(run.code).toBe(0);
+    const all = records(run.stdout);
+    const answers = all.filter((record) => record.type === "summary");
+    expect(answers.map((record) => [record.reason, record.lines])).toEqual([["every", 6]]);
+    expect(all.at(-1)).toMatchObject({ type: "stats", lines: 6 });
+  }, CLI_TIMEOUT_MS);
+
   test("bun every and trigger as NDJSON", async () => {
     const run = await runCli("bun", [
       "watch", "--model", STORIES_V1, "--every", "6", "--trigger", "POSSIBLE BREAK-IN", "--max-tokens", "3", "--json", "--window", "124",

@@ -66,8 +66,8 @@ async function scoreCommand(options: ScoreOptions): Promise<void> {
 
   const consumer: LineConsumer = {
     command: "score",
-    addLine: async (text) => {
-      const score = await scorer.addLine(text);
+    addLine: async (text, last) => {
+      const score = await scorer.addLine(text, last);
       if (!passes(score, options, top)) return;
       progress.clear();
       await writeStdout(formatScore(score, options.json));

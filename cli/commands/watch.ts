@@ -148,8 +148,8 @@ async function watchStream(
 
   const consumer: LineConsumer = {
     command: "watch",
-    addLine: async (text) => {
-      await watcher.addLine(text);
+    addLine: async (text, last) => {
+      await watcher.addLine(text, last);
       await stdout.flush();
     },
     msUntilTimer: () => watcher.msUntilInterval(),
