@@ -90,6 +90,13 @@ export interface DecoderRunInput {
    * @default seq
    */
   logitsToKeep?: number;
+  /**
+   * Let the runtime write `logits` and `present` into buffers it reuses, so the output has its
+   * values only until the next `run`. Only the native backend takes output buffers, and only
+   * for one token with one logits row; other calls return new buffers as without it.
+   * @default false
+   */
+  reuseOutputs?: boolean;
 }
 
 export interface DecoderRunOutput {
@@ -106,6 +113,20 @@ export interface DecoderRunOutput {
   /** Entries before the new ones in each `present` tensor: `pastLength`, or 0 with `presentNewOnly`. */
   presentStart: number;
 }
+
+/** Objects a {@link DecoderRuntime} has created for its inputs and outputs. */
+export interface RuntimeAllocations {
+  /** `ort.Tensor` objects made for feeds and fetches. */
+  tensors: number;
+  /** Typed arrays made for int64 inputs and for output buffers. */
+  buffers: number;
+}
+
+/** Sequence lengths whose input buffers are kept; beyond it the cache starts over. */
+const MAX_CACHED_LENGTHS = 8;
+
+/** Whether this platform stores integers little-endian, so int64 inputs can be written as int32 pairs. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** Listed problems per input error; the rest are counted. */
 const MAX_LISTED_PROBLEMS = 10;
@@ -142,6 +163,12 @@ export class DecoderRuntime {
   /** Calls of `run` and the seconds spent inside ONNX Runtime's `session.run`. */
   readonly timing = { calls: 0, runSeconds: 0 };
   /**
+   * Tensors and buffers made so far. A steady decode step (same length, same past views)
+   * reuses its inputs, and with `reuseOutputs` on the native backend its outputs, so it adds
+   * none. ONNX Runtime's own objects are not counted.
+   */
+  readonly allocations: RuntimeAllocations = { tensors: 0, buffers: 0 };
+  /**
    * Whether the model takes `position_ids`. Exports without it derive positions from the
    * attention mask, so they only take positions `0..pastLength + seq`.
    */
@@ -155,6 +182,26 @@ export class DecoderRuntime {
   readonly #presentNames: { key: string; value: string }[];
   /** Name of the input that limits the returned logits rows, if the export has one. */
   #logitsToKeepInput: string | undefined;
+  /** Feeds of the last call, updated in place by the next one. */
+  readonly #feeds: Record<string, ort.Tensor> = {};
+  /** int64 input tensors per sequence length, written in place. */
+  readonly #idInputs = new Map<number, IdInputs>();
+  /** Attention mask tensor over `#onesMask` and its length. */
+  #maskTensor: ort.Tensor | undefined;
+  #maskLength = -1;
+  /** The `num_logits_to_keep` scalar, written in place, and the value it holds. */
+  #keepTensor: Int64Input | undefined;
+  #keepValue = -1;
+  /** Past arrays the past tensors in `#feeds` wrap, per layer, and their length. */
+  readonly #pastKeys: (Float32Array | undefined)[];
+  readonly #pastValues: (Float32Array | undefined)[];
+  #pastTensorLength = -1;
+  /** Output buffers for one token and one logits row (native backend), and their present length. */
+  #outputs: ReusedOutputs | undefined;
+  /** Whether the logits and present outputs are float32, so float32 buffers can receive them. */
+  readonly #float32Outputs: boolean;
+  /** Whether a `run` is in flight; a concurrent call then gets inputs of its own. */
+  #running = false;
 
   private constructor(
     session: ort.InferenceSession,
@@ -178,6 +225,10 @@ export class DecoderRuntime {
       (_, i) => ({ key: presentName(i, "key"), value: presentName(i, "value") }),
     );
     this.#logitsToKeepInput = ["num_logits_to_keep", "logits_to_keep"].find((name) => session.inputNames.includes(name));
+    this.#pastKeys = new Array(config.nLayers).fill(undefined);
+    this.#pastValues = new Array(config.nLayers).fill(undefined);
+    const outputs = new Set(["logits", ...this.#presentNames.flatMap((names) => [names.key, names.value])]);
+    this.#float32Outputs = session.outputMetadata.every((meta) => !outputs.has(meta.name) || (meta.isTensor && meta.type === "float32"));
   }
 
   /**
@@ -274,17 +325,25 @@ export class DecoderRuntime {
     return new DecoderRuntime(session, config, maxPositions, backend, ortApi, options.presentNewOnly ?? false);
   }
 
-  /** Run one forward step and return the logits and the extended key/value cache. */
+  /**
+   * Run one forward step and return the logits and the extended key/value cache.
+   *
+   * Input tensors are kept and written in place from call to call, so a run must not start
+   * while another on the same runtime is in flight; one that does gets fresh inputs.
+   */
   async run(input: DecoderRunInput): Promise<DecoderRunOutput> {
     const session = this.#session;
     if (!session) throw new Error("Cannot run the decoder: the runtime was disposed; create a new one");
     this.validate(input);
 
-    const feeds = this.makeFeeds(input);
+    const shared = !this.#running;
+    const feeds = shared ? this.#updateFeeds(input) : this.#freshFeeds(input);
+    const outputs = shared && input.reuseOutputs ? this.#reusedOutputs(input) : undefined;
     let results: ort.InferenceSession.ReturnType;
     const started = performance.now();
+    if (shared) this.#running = true;
     try {
-      results = await session.run(feeds);
+      results = outputs ? await session.run(feeds, outputs.fetches) : await session.run(feeds);
       this.timing.calls++;
       this.timing.runSeconds += (performance.now() - started) / 1000;
     } catch (error) {
@@ -292,8 +351,12 @@ export class DecoderRuntime {
       const message = error instanceof Error ? error.message : String(error);
       throw new Error(`ONNX Runtime failed to run the decoder: ${message}; inputs: ${summary}`, { cause: error });
     } finally {
-      for (const tensor of Object.values(feeds)) tensor.dispose();
+      if (shared) this.#running = false;
+      else disposeTensors(feeds);
     }
+    // The kept feeds and output buffers are disposed with the runtime. Disposing a CPU tensor
+    // (onnxruntime-common 1.30.0) only drops its reference to the data, which stays valid.
+    if (outputs) return outputs.output;
 
     const present: LayerKv[] = [];
     for (const names of this.#presentNames) {
@@ -303,7 +366,7 @@ export class DecoderRuntime {
       });
     }
     const logits = results["logits"].data as Float32Array;
-    for (const tensor of Object.values(results)) tensor.dispose();
+    disposeTensors(results);
     return { logits, present, presentStart: this.presentNewOnly ? 0 : input.pastLength };
   }
 
@@ -311,6 +374,16 @@ export class DecoderRuntime {
   async dispose(): Promise<void> {
     const session = this.#session;
     this.#session = undefined;
+    disposeTensors(this.#feeds);
+    for (const ids of this.#idInputs.values()) {
+      ids.ids.tensor.dispose();
+      ids.positions?.tensor.dispose();
+    }
+    this.#idInputs.clear();
+    this.#maskTensor?.dispose();
+    this.#keepTensor?.tensor.dispose();
+    if (this.#outputs) disposeTensors(this.#outputs.fetches);
+    this.#outputs = undefined;
     if (session) await session.release();
   }
 
@@ -398,40 +471,172 @@ export class DecoderRuntime {
     }
   }
 
-  private makeFeeds(input: DecoderRunInput): Record<string, ort.Tensor> {
+  /** Update the kept feeds for `input`, making tensors only for shapes or arrays not seen last call. */
+  #updateFeeds(input: DecoderRunInput): Record<string, ort.Tensor> {
+    const { nLayers, nKvHeads, headDim } = this.config;
+    const seq = input.inputIds.length;
+    const total = input.pastLength + seq;
+    const feeds = this.#feeds;
+    const { Tensor } = this.#ort;
+
+    let ids = this.#idInputs.get(seq);
+    if (!ids) {
+      if (this.#idInputs.size >= MAX_CACHED_LENGTHS) this.#idInputs.clear();
+      ids = {
+        ids: this.#int64Tensor(seq),
+        positions: this.takesPositionIds ? this.#int64Tensor(seq) : undefined,
+      };
+      this.#idInputs.set(seq, ids);
+    }
+    writeInt64(ids.ids, input.inputIds);
+    feeds.input_ids = ids.ids.tensor;
+
+    if (input.attentionMask) {
+      const mask = this.#int64Tensor(total);
+      writeInt64(mask, input.attentionMask);
+      feeds.attention_mask = mask.tensor;
+      this.#maskLength = -1;
+    } else if (this.#maskLength !== total || !this.#maskTensor) {
+      // Both backends copy or read the mask during the call, so a shared view is safe.
+      if (this.#onesMask.length < total) {
+        this.#onesMask = new BigInt64Array(Math.max(total, 2 * this.#onesMask.length)).fill(1n);
+        this.allocations.buffers++;
+      }
+      this.#maskTensor = this.#track(new Tensor("int64", this.#onesMask.subarray(0, total), [1, total]));
+      this.#maskLength = total;
+      feeds.attention_mask = this.#maskTensor;
+    } else {
+      feeds.attention_mask = this.#maskTensor;
+    }
+
+    if (ids.positions) {
+      writeInt64(ids.positions, input.positionIds);
+      feeds.position_ids = ids.positions.tensor;
+    }
+
+    const lengthChanged = this.#pastTensorLength !== input.pastLength;
+    const pastDims = [1, nKvHeads, input.pastLength, headDim];
+    for (let i = 0; i < nLayers; i++) {
+      const { key, value } = input.past[i];
+      const names = this.#pastNames[i];
+      if (lengthChanged || this.#pastKeys[i] !== key) {
+        feeds[names.key] = this.#track(new Tensor("float32", key, pastDims));
+        this.#pastKeys[i] = key;
+      }
+      if (lengthChanged || this.#pastValues[i] !== value) {
+        feeds[names.value] = this.#track(new Tensor("float32", value, pastDims));
+        this.#pastValues[i] = value;
+      }
+    }
+    this.#pastTensorLength = input.pastLength;
+
+    if (this.#logitsToKeepInput) {
+      const keep = input.logitsToKeep ?? seq;
+      if (!this.#keepTensor) this.#keepTensor = this.#int64Tensor(1, []);
+      if (this.#keepValue !== keep) {
+        writeInt64(this.#keepTensor, [keep]);
+        this.#keepValue = keep;
+      }
+      feeds[this.#logitsToKeepInput] = this.#keepTensor.tensor;
+    }
+    return feeds;
+  }
+
+  /** Feeds of their own for a call that overlaps another, which still reads the kept ones. */
+  #freshFeeds(input: DecoderRunInput): Record<string, ort.Tensor> {
     const { nLayers, nKvHeads, headDim } = this.config;
     const seq = input.inputIds.length;
     const total = input.pastLength + seq;
     const { Tensor } = this.#ort;
-    let mask: BigInt64Array;
-    if (input.attentionMask) {
-      mask = new BigInt64Array(total);
-      for (let i = 0; i < total; i++) mask[i] = BigInt(input.attentionMask[i]);
-    } else {
-      // Both backends copy or read the mask during the call, so a shared view is safe.
-      if (this.#onesMask.length < total) this.#onesMask = new BigInt64Array(Math.max(total, 2 * this.#onesMask.length)).fill(1n);
-      mask = this.#onesMask.subarray(0, total);
-    }
-
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new Tensor("int64", toBigInt64(input.inputIds), [1, seq]),
-      attention_mask: new Tensor("int64", mask, [1, total]),
+    const int64 = (values: ArrayLike<number>, dims: number[]) => {
+      const input = this.#int64Tensor(values.length, dims);
+      writeInt64(input, values);
+      return input.tensor;
     };
-    if (this.takesPositionIds) {
-      feeds.position_ids = new Tensor("int64", toBigInt64(input.positionIds), [1, seq]);
-    }
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: int64(input.inputIds, [1, seq]),
+      attention_mask: int64(input.attentionMask ?? new Array<number>(total).fill(1), [1, total]),
+    };
+    if (this.takesPositionIds) feeds.position_ids = int64(input.positionIds, [1, seq]);
     const pastDims = [1, nKvHeads, input.pastLength, headDim];
     for (let i = 0; i < nLayers; i++) {
       const names = this.#pastNames[i];
-      feeds[names.key] = new Tensor("float32", input.past[i].key, pastDims);
-      feeds[names.value] = new Tensor("float32", input.past[i].value, pastDims);
+      feeds[names.key] = this.#track(new Tensor("float32", input.past[i].key, pastDims));
+      feeds[names.value] = this.#track(new Tensor("float32", input.past[i].value, pastDims));
     }
-    if (this.#logitsToKeepInput) {
-      const keep = input.logitsToKeep ?? seq;
-      feeds[this.#logitsToKeepInput] = new Tensor("int64", BigInt64Array.of(BigInt(keep)), []);
-    }
+    if (this.#logitsToKeepInput) feeds[this.#logitsToKeepInput] = int64([input.logitsToKeep ?? seq], []);
     return feeds;
   }
+
+  /**
+   * Output buffers for `input`, or undefined where ONNX Runtime must allocate: the wasm backend
+   * copies CPU output tensors into its heap and does not copy the results back into them, so
+   * only the native backend takes them, and only for one token with one logits row.
+   */
+  #reusedOutputs(input: DecoderRunInput): ReusedOutputs | undefined {
+    const seq = input.inputIds.length;
+    const rows = this.#logitsToKeepInput ? input.logitsToKeep ?? seq : seq;
+    if (this.backend !== "native" || !this.#float32Outputs || seq !== 1 || rows !== 1) return undefined;
+    const presentStart = this.presentNewOnly ? 0 : input.pastLength;
+    const presentLength = presentStart + seq;
+    const reused = this.#outputs;
+    if (reused && reused.presentLength === presentLength) {
+      reused.output.presentStart = presentStart;
+      return reused;
+    }
+
+    const { nKvHeads, headDim, vocabSize } = this.config;
+    const { Tensor } = this.#ort;
+    const logits = new Float32Array(vocabSize);
+    const fetches: Record<string, ort.Tensor> = { logits: this.#track(new Tensor("float32", logits, [1, 1, vocabSize])) };
+    const present: LayerKv[] = [];
+    const presentDims = [1, nKvHeads, presentLength, headDim];
+    for (const names of this.#presentNames) {
+      const layer = { key: new Float32Array(nKvHeads * presentLength * headDim), value: new Float32Array(nKvHeads * presentLength * headDim) };
+      fetches[names.key] = this.#track(new Tensor("float32", layer.key, presentDims));
+      fetches[names.value] = this.#track(new Tensor("float32", layer.value, presentDims));
+      present.push(layer);
+    }
+    this.allocations.buffers += 1 + 2 * present.length;
+    this.#outputs = { presentLength, fetches, output: { logits, present, presentStart } };
+    return this.#outputs;
+  }
+
+  /** A zeroed int64 tensor of `length` values. */
+  #int64Tensor(length: number, dims: readonly number[] = [1, length]): Int64Input {
+    const values = new BigInt64Array(length);
+    this.allocations.buffers++;
+    return {
+      tensor: this.#track(new this.#ort.Tensor("int64", values, dims)),
+      values,
+      words: LITTLE_ENDIAN ? new Int32Array(values.buffer) : undefined,
+    };
+  }
+
+  #track(tensor: ort.Tensor): ort.Tensor {
+    this.allocations.tensors++;
+    return tensor;
+  }
+}
+
+/** An int64 tensor, its values, and on little-endian platforms the same memory as int32 words. */
+interface Int64Input {
+  tensor: ort.Tensor;
+  values: BigInt64Array;
+  words: Int32Array | undefined;
+}
+
+/** The int64 input tensors of one sequence length. */
+interface IdInputs {
+  ids: Int64Input;
+  positions: Int64Input | undefined;
+}
+
+/** Output buffers passed to ONNX Runtime as fetches, and the result that views them. */
+interface ReusedOutputs {
+  presentLength: number;
+  fetches: Record<string, ort.Tensor>;
+  output: DecoderRunOutput;
 }
 
 /** Import onnxruntime-node, the optional dependency behind `--backend native`. */
@@ -449,10 +654,25 @@ async function loadNativeOrt(): Promise<OrtApi> {
   }
 }
 
-function toBigInt64(values: ArrayLike<number>): BigInt64Array {
-  const out = new BigInt64Array(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = BigInt(values[i]);
-  return out;
+function disposeTensors(tensors: Record<string, ort.OnnxValue>): void {
+  for (const name in tensors) tensors[name].dispose();
+}
+
+/**
+ * Write whole numbers from 0 to 2^31 - 1 (validated ids, positions, mask values, counts) into
+ * `input`. On little-endian platforms each goes in as a low and a high int32 word, which makes
+ * no BigInt per value.
+ */
+function writeInt64(input: Int64Input, values: ArrayLike<number>): void {
+  const words = input.words;
+  if (words) {
+    for (let i = 0; i < values.length; i++) {
+      words[2 * i] = values[i];
+      words[2 * i + 1] = 0;
+    }
+  } else {
+    for (let i = 0; i < values.length; i++) input.values[i] = BigInt(values[i]);
+  }
 }
 
 function expectedInputNames(nLayers: number): string[] {

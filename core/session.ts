@@ -22,7 +22,7 @@
 
 import { setImmediate } from "node:timers";
 import type { KvKernel } from "./kv_kernel.ts";
-import type { DecoderRuntime, LayerKv } from "./runtime.ts";
+import type { DecoderRunInput, DecoderRuntime, LayerKv } from "./runtime.ts";
 import { Sampler } from "./sampler.ts";
 import { UsageError } from "./errors.ts";
 
@@ -157,6 +157,21 @@ export class StreamingSession {
    */
   readonly timing = { forwards: 0, prepareSeconds: 0, runSeconds: 0, appendSeconds: 0, handoffBytes: 0 };
 
+  /** Token and position arrays per chunk length, refilled by each forward pass of that length. */
+  readonly #tokenArrays: number[][] = [];
+  readonly #positionArrays: number[][] = [];
+  /** The runtime input of every forward pass, updated in place. */
+  readonly #runInput: DecoderRunInput = {
+    inputIds: [],
+    positionIds: [],
+    past: [],
+    pastLength: 0,
+    logitsToKeep: 1,
+    reuseOutputs: true,
+  };
+  /** Window tokens evicted by the last forward pass. */
+  #evicted = 0;
+
   /**
    * @throws RangeError when the kernel hands out positions the runtime does not take
    */
@@ -202,15 +217,17 @@ export class StreamingSession {
     const started = performance.now();
     const { chunkSize } = this.sizes;
     for (let start = 0; start < ids.length; start += chunkSize) {
-      const chunk = Array.prototype.slice.call(ids, start, start + chunkSize) as number[];
+      const length = Math.min(chunkSize, ids.length - start);
       // Without a logits callback only the last row is computed: the output projection is a
       // large share of a prefill's cost for big vocabularies.
-      const { logits, evicted } = await this.#forward(chunk, onLogits ? chunk.length : 1);
-      this.stats.evictions += evicted;
-      this.stats.tokensIngested += chunk.length;
+      // Callers may keep a row past the next pass (a score needs the row before each token),
+      // so with a callback every pass gets a logits buffer of its own.
+      const logits = await this.#forward(ids, start, length, onLogits ? length : 1, onLogits === undefined);
+      this.stats.evictions += this.#evicted;
+      this.stats.tokensIngested += length;
       if (onLogits) {
-        const vocab = logits.length / chunk.length;
-        for (let t = 0; t < chunk.length; t++) {
+        const vocab = logits.length / length;
+        for (let t = 0; t < length; t++) {
           onLogits(start + t, logits.subarray(t * vocab, (t + 1) * vocab));
         }
       }
@@ -241,8 +258,8 @@ export class StreamingSession {
       // Prefill the prompt; only the last token's logits matter.
       let last: Float32Array = new Float32Array(0);
       for (let start = 0; start < promptIds.length; start += this.sizes.chunkSize) {
-        const chunk = promptIds.slice(start, start + this.sizes.chunkSize);
-        const { logits } = await this.#forward(chunk, 1);
+        const length = Math.min(this.sizes.chunkSize, promptIds.length - start);
+        const logits = await this.#forward(promptIds, start, length, 1, true);
         last = logits.subarray(logits.length - this.runtime.config.vocabSize);
       }
 
@@ -253,8 +270,8 @@ export class StreamingSession {
         generated.push(next);
         if (options.onToken?.(next) === false) break;
         if (generated.length === maxTokens) break;
-        const { logits } = await this.#forward([next], 1);
-        last = logits;
+        // The sampler reads `last` before the next pass, which may write the same buffer.
+        last = await this.#forward(generated, generated.length - 1, 1, 1, true);
       }
     } finally {
       this.kernel.restore();
@@ -265,10 +282,18 @@ export class StreamingSession {
   }
 
   /**
-   * Run one chunk through the model: evict, hand over the past, run, append the new K/V.
-   * `logitsToKeep` last positions get logits, `[logitsToKeep, vocab]`.
+   * Run the `length` tokens of `ids` from `start` through the model: evict, hand over the past,
+   * run, append the new K/V. Returns the logits of the `logitsToKeep` last positions,
+   * `[logitsToKeep, vocab]`, and sets `#evicted`. With `reuseOutputs` the logits are valid
+   * only until the next pass, which may write the same buffer.
    */
-  async #forward(chunk: number[], logitsToKeep: number): Promise<{ logits: Float32Array; evicted: number }> {
+  async #forward(
+    ids: ArrayLike<number>,
+    start: number,
+    length: number,
+    logitsToKeep: number,
+    reuseOutputs: boolean,
+  ): Promise<Float32Array> {
     // Give the event loop a turn before every forward pass. A pass can resolve entirely in
     // microtasks; without this, timers, signal handlers and I/O callbacks wait for a whole
     // stream, and so does Bun's garbage collector, whose timers run on the event loop.
@@ -279,30 +304,34 @@ export class StreamingSession {
     // Make room, then ready the past: the kernel's buffers, viewed in place.
     const kernel = this.kernel;
     const preparedBefore = kernel.preparedBytes;
-    const evicted = kernel.evictFor(chunk.length);
+    this.#evicted = kernel.evictFor(length);
     const pastLength = kernel.length;
-    const first = kernel.prepareHandoff(chunk.length);
-    const positionIds = new Array<number>(chunk.length);
-    for (let t = 0; t < chunk.length; t++) positionIds[t] = first + t;
-    const past = kernel.handoff() as LayerKv[];
+    const first = kernel.prepareHandoff(length);
+    const tokens = (this.#tokenArrays[length] ??= new Array<number>(length).fill(0));
+    const positionIds = (this.#positionArrays[length] ??= new Array<number>(length).fill(0));
+    for (let t = 0; t < length; t++) {
+      tokens[t] = ids[start + t];
+      positionIds[t] = first + t;
+    }
+    const input = this.#runInput;
+    input.inputIds = tokens;
+    input.positionIds = positionIds;
+    input.past = kernel.handoff() as LayerKv[];
+    input.pastLength = pastLength;
+    input.logitsToKeep = logitsToKeep;
+    input.reuseOutputs = reuseOutputs;
     const preparedBytes = kernel.preparedBytes - preparedBefore;
     const prepared = performance.now();
 
     // Run the model; the runtime copies the past in and the present out.
-    const { logits, present, presentStart } = await this.runtime.run({
-      inputIds: chunk,
-      positionIds,
-      past,
-      pastLength,
-      logitsToKeep,
-    });
+    const { logits, present, presentStart } = await this.runtime.run(input);
     const ran = performance.now();
 
     // Keep only the chunk's new entries of each layer.
     for (let layer = 0; layer < present.length; layer++) {
-      kernel.appendPresent(layer, present[layer].key, present[layer].value, presentStart, chunk.length);
+      kernel.appendPresent(layer, present[layer].key, present[layer].value, presentStart, length);
     }
-    kernel.commit(chunk.length);
+    kernel.commit(length);
 
     const appended = performance.now();
     timing.forwards++;
@@ -313,7 +342,7 @@ export class StreamingSession {
     // when the runtime copies its inputs, and the new entries copied back.
     const entryBytes = 2 * kernel.layers * this.runtime.config.nKvHeads * this.runtime.config.headDim * 4;
     const pastCopied = this.runtime.copiesInputs ? pastLength : 0;
-    timing.handoffBytes += preparedBytes + entryBytes * (pastCopied + chunk.length);
-    return { logits, evicted };
+    timing.handoffBytes += preparedBytes + entryBytes * (pastCopied + length);
+    return logits;
   }
 }

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { KvKernel } from "../core/kv_kernel.ts";
 import { loadLlamaGguf } from "../core/llama_gguf.ts";
 import { DecoderRuntime } from "../core/runtime.ts";
-import { StreamingSession } from "../core/session.ts";
+import { kernelPositions, StreamingSession } from "../core/session.ts";
 import type { LlamaWeights } from "../core/types.ts";
 import { parseNumberList } from "../cli/commands/bench.ts";
 import { benchTokens, median, quantile } from "../pipelines/bench.ts";
@@ -183,6 +183,120 @@ describe.skipIf(!nativeInstalled())("native backend", () => {
     }
     // Greedy ids from both backends.
     expect(Array.from(rows[1][rows[1].length - 1])).toEqual(Array.from(rows[0][rows[0].length - 1]));
+  }, TEST_TIMEOUT_MS);
+});
+
+describe("steady decode steps", () => {
+  const backends = nativeInstalled() ? (["wasm", "native"] as const) : (["wasm"] as const);
+
+  for (const backend of backends) {
+    test(`make no tensors or buffers after the first step (${backend})`, async () => {
+      // The session's own setup: new entries only, 4 sinks and a 124 window, whose kernel hands
+      // out positions beyond the capacity (up to 4x) and rebases them on the way.
+      const { config } = weights;
+      const runtime = await DecoderRuntime.create(weights, { backend, presentNewOnly: true });
+      const sizes = { sinks: 4, window: 124, chunkSize: 32 };
+      const capacity = sizes.sinks + sizes.window;
+      const maxPositions = kernelPositions(runtime, capacity);
+      expect(maxPositions).toBeGreaterThan(capacity);
+      const kernel = await KvKernel.create({
+        layers: config.nLayers,
+        kvHeads: config.nKvHeads,
+        headDim: config.headDim,
+        sinks: sizes.sinks,
+        window: sizes.window,
+        rope: config.rope,
+        maxPositions,
+      });
+      try {
+        const session = new StreamingSession(runtime, kernel, sizes);
+        const stream = Array.from(benchTokens(1200, config.vocabSize, 11));
+        await session.ingest(stream.slice(0, 300));
+        const counts = () => ({ ...runtime.allocations });
+
+        // Generation: counted from the second sampled token, which follows the first decode step.
+        let afterFirstStep: ReturnType<typeof counts> | undefined;
+        let sampled = 0;
+        const generated = await session.generate([1, 403, 407], {
+          maxTokens: 48,
+          onToken: () => {
+            if (++sampled === 2) afterFirstStep = counts();
+          },
+        });
+        expect(generated.length).toBe(48);
+        expect(afterFirstStep).toBeDefined();
+        expect(counts()).toEqual(afterFirstStep!);
+
+        // Single-token ingest across a rebase of the positions (every maxPositions - capacity tokens).
+        await session.ingest(stream.slice(300, 301));
+        const afterFirstToken = counts();
+        const startTokens = session.stats.tokensIngested;
+        for (let i = 301; i < 301 + 2 * (maxPositions - capacity); i++) await session.ingest(stream.slice(i, i + 1));
+        expect(session.stats.tokensIngested - startTokens).toBe(2 * (maxPositions - capacity));
+        expect(counts()).toEqual(afterFirstToken);
+        expect(afterFirstToken.tensors).toBeGreaterThan(0);
+      } finally {
+        kernel.dispose();
+        await runtime.dispose();
+      }
+    }, TEST_TIMEOUT_MS);
+  }
+
+  test.skipIf(!nativeInstalled())("ingest rows outlive the next pass (native)", async () => {
+    // Scoring keeps the row before each token past the next pass. With chunk 1 every pass is a
+    // decode step, so the session would otherwise reuse its outputs.
+    const runtime = await DecoderRuntime.create(weights, { maxPositions: 64, backend: "native", presentNewOnly: true });
+    const { config } = weights;
+    const kernel = await KvKernel.create({
+      layers: config.nLayers,
+      kvHeads: config.nKvHeads,
+      headDim: config.headDim,
+      sinks: 2,
+      window: 14,
+      rope: config.rope,
+    });
+    try {
+      const session = new StreamingSession(runtime, kernel, { sinks: 2, window: 14, chunkSize: 1 });
+      const rows: Float32Array[] = [];
+      const copies: Float32Array[] = [];
+      await session.ingest(Array.from(benchTokens(20, config.vocabSize, 5)), (_, logits) => {
+        rows.push(logits);
+        copies.push(logits.slice());
+      });
+      expect(rows.length).toBe(20);
+      for (let t = 0; t < rows.length; t++) expect(Array.from(rows[t])).toEqual(Array.from(copies[t]));
+    } finally {
+      kernel.dispose();
+      await runtime.dispose();
+    }
+  }, TEST_TIMEOUT_MS);
+
+  test.skipIf(!nativeInstalled())("outputs in reused buffers equal fresh ones (native)", async () => {
+    const runtime = await DecoderRuntime.create(weights, { maxPositions: 64, backend: "native", presentNewOnly: true });
+    try {
+      const prefix = await runtime.run({ inputIds: [1, 403, 407, 261], positionIds: [0, 1, 2, 3], past: emptyPast(5), pastLength: 0 });
+      // The prefix's present is new entries only, which here is the whole past.
+      const past = prefix.present.map(({ key, value }) => ({ key: key.slice(), value: value.slice() }));
+      const step = (token: number, reuseOutputs: boolean) =>
+        runtime.run({ inputIds: [token], positionIds: [4], past, pastLength: 4, logitsToKeep: 1, reuseOutputs });
+      const fresh = await step(378, false);
+      const expected = { logits: fresh.logits.slice(), present: fresh.present.map(({ key, value }) => ({ key: key.slice(), value: value.slice() })) };
+      const other = await step(9, true);
+      const otherLogits = other.logits.slice();
+      const reused = await step(378, true);
+      // The last call writes the buffers of the call before it, and gets the fresh call's values.
+      expect(reused.logits).toBe(other.logits);
+      expect(reused.present[0].key).toBe(other.present[0].key);
+      expect(maxAbsDifference(otherLogits, expected.logits)).toBeGreaterThan(0);
+      expect(Array.from(reused.logits)).toEqual(Array.from(expected.logits));
+      for (let layer = 0; layer < 5; layer++) {
+        expect(Array.from(reused.present[layer].key)).toEqual(Array.from(expected.present[layer].key));
+        expect(Array.from(reused.present[layer].value)).toEqual(Array.from(expected.present[layer].value));
+      }
+      expect(reused.presentStart).toBe(0);
+    } finally {
+      await runtime.dispose();
+    }
   }, TEST_TIMEOUT_MS);
 });
 
