@@ -7,24 +7,13 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { KvKernel, type KvKernelOptions } from "../core/kv_kernel.ts";
 import { type RopeConfig, ropeInvFreq } from "../core/types.ts";
 import { RingModel, rotate } from "./ring_model.ts";
+import { mulberry32 } from "./support/numeric.ts";
 
 /** Max absolute error of a handed-out key against the f64 model, for keys in [-1, 1). */
 const KEY_TOLERANCE = 2e-6;
 
 /** Time limit of the long-stream and property tests. */
 const LONG_TEST_TIMEOUT_MS = 60_000;
-
-/** mulberry32: a small seeded generator, so every run gets the same cases. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Returns a whole number in `low..=high`. */
 function randomInt(random: () => number, low: number, high: number): number {
@@ -46,7 +35,7 @@ class Pair {
     this.options = options;
     this.kernel = new KvKernel(options);
     this.model = new RingModel(options);
-    this.#random = seededRandom(seed);
+    this.#random = mulberry32(seed);
   }
 
   /**
@@ -227,7 +216,7 @@ describe("KvKernel ring", () => {
   test(
     "random streams match the model",
     () => {
-      const random = seededRandom(20240601);
+      const random = mulberry32(20240601);
       for (let round = 0; round < 60; round++) {
         const headDim = 2 * randomInt(random, 1, 10);
         const ropeDim = 2 * randomInt(random, 0, headDim / 2);
@@ -269,7 +258,7 @@ describe("KvKernel ring", () => {
         rope: makeRope(8, "adjacent", 10),
       }, 5);
       try {
-        const random = seededRandom(77);
+        const random = mulberry32(77);
         let checks = 0;
         for (let step = 1; pair.kernel.totalCommitted < 100_000; step++) {
           pair.push(randomInt(random, 1, 4));
@@ -564,7 +553,7 @@ describe("KvKernel handoff", () => {
     const rope = makeRope(headDim, "halves", 10);
     const options = { layers: 1, kvHeads: 2, headDim, sinks: 2, window: 6, rope, maxPositions: 13 };
     const kernel = new KvKernel(options);
-    const random = seededRandom(5);
+    const random = mulberry32(5);
     const cached: number[] = [];
     let total = 0;
     let rebases = 0;

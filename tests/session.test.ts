@@ -5,23 +5,13 @@ import { ReferenceModel } from "../core/reference.ts";
 import { resolveCacheSizes } from "../core/session.ts";
 import { UsageError } from "../core/errors.ts";
 import { loadShared, LOGS_DIR, STORIES_V1, storiesSession } from "./support/stories.ts";
+import { relativeError } from "./support/numeric.ts";
 
 const SLOW_TEST_MS = 120_000;
 
 const fixture = JSON.parse(
   readFileSync(new URL("./fixtures/llamacpp_stories260K.json", import.meta.url), "utf8"),
 );
-
-/** Relative error of `actual` against `expected`: max |difference| over max |expected|. */
-function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  let difference = 0;
-  let scale = 0;
-  for (let i = 0; i < expected.length; i++) {
-    difference = Math.max(difference, Math.abs(actual[i] - expected[i]));
-    scale = Math.max(scale, Math.abs(expected[i]));
-  }
-  return difference / scale;
-}
 
 /** Token ids of a real log, BOS first, tokenized as the pipelines do: line by line. */
 async function logTokens(name: string, count: number): Promise<number[]> {
