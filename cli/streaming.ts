@@ -126,6 +126,7 @@ export async function runLineStream(
   const onSigterm = () => onSignal("SIGTERM");
   process.on("SIGINT", onSigint);
   process.on("SIGTERM", onSigterm);
+  const collector = collectGarbagePeriodically();
 
   // Input that is not ingested yet. `backlog` contains the lines carried over in the state
   // file, which go first. `held` is a line taken from the queue when a signal came before it
@@ -211,6 +212,7 @@ export async function runLineStream(
     queue.close();
     process.off("SIGINT", onSigint);
     process.off("SIGTERM", onSigterm);
+    clearInterval(collector);
   }
   if (queue.dropped > 0 && !options.quiet) {
     writeStderr(`sinkstream: dropped ${queue.dropped} lines that arrived while the queue of ${options.queue} was full (--drop)\n`);
@@ -515,4 +517,19 @@ async function checkStateDirectory(path: string): Promise<void> {
       `Cannot write the state file ${path}: the folder ${folder} does not exist or is not writable; create it or choose another --state path`,
     );
   }
+}
+
+declare const Bun: { gc(force: boolean): void } | undefined;
+
+/**
+ * Under Bun, run a full collection every 10 seconds. A stream read quickly from a file makes
+ * mostly short-lived strings and arrays, and JavaScriptCore's collector can fall behind them:
+ * summarize over 13.5 M tokens grew from 205 to 350 MiB in 17 minutes without this, and
+ * stayed at 151-157 MiB with it. `Bun.gc(false)` did not help. Deno's V8 keeps up.
+ */
+function collectGarbagePeriodically(): ReturnType<typeof setInterval> | undefined {
+  if (typeof Bun === "undefined") return undefined;
+  const timer = setInterval(() => Bun!.gc(true), 10_000);
+  timer.unref?.();
+  return timer;
 }
