@@ -31,6 +31,20 @@ afterAll(async () => {
   await wasm?.dispose();
 });
 
+
+/** Create a KV kernel shaped for the stories model with the given cache sizes. */
+function storiesKernel(sinks: number, window: number, maxPositions?: number): Promise<KvKernel> {
+  const { config } = weights;
+  return KvKernel.create({
+    layers: config.nLayers,
+    kvHeads: config.nKvHeads,
+    headDim: config.headDim,
+    sinks,
+    window,
+    rope: config.rope,
+    maxPositions,
+  });
+}
 describe("logitsToKeep", () => {
   const ids = [1, 403, 407, 261, 378, 429];
   const positions = ids.map((_, i) => i);
@@ -68,14 +82,7 @@ describe("logitsToKeep", () => {
     const tokens = Array.from(benchTokens(40, weights.config.vocabSize, 7));
     const results: Float32Array[] = [];
     for (const withCallback of [true, false]) {
-      const kernel = await KvKernel.create({
-        layers: 5,
-        kvHeads: weights.config.nKvHeads,
-        headDim: weights.config.headDim,
-        sinks: 2,
-        window: 14,
-        rope: weights.config.rope,
-      });
+      const kernel = await storiesKernel(2, 14);
       try {
         const session = new StreamingSession(wasm, kernel, { sinks: 2, window: 14, chunkSize: 8 });
         await session.ingest(tokens, withCallback ? () => {} : undefined);
@@ -157,14 +164,7 @@ describe.skipIf(!nativeInstalled())("native backend", () => {
     const tokens = Array.from(benchTokens(60, weights.config.vocabSize, 3));
     const rows: Float32Array[][] = [];
     for (const runtime of [wasm, native]) {
-      const kernel = await KvKernel.create({
-        layers: 5,
-        kvHeads: weights.config.nKvHeads,
-        headDim: weights.config.headDim,
-        sinks: 2,
-        window: 14,
-        rope: weights.config.rope,
-      });
+      const kernel = await storiesKernel(2, 14);
       try {
         const session = new StreamingSession(runtime, kernel, { sinks: 2, window: 14, chunkSize: 4 });
         const collected: Float32Array[] = [];
@@ -199,15 +199,7 @@ describe("steady decode steps", () => {
       const capacity = sizes.sinks + sizes.window;
       const maxPositions = kernelPositions(runtime, capacity);
       expect(maxPositions).toBeGreaterThan(capacity);
-      const kernel = await KvKernel.create({
-        layers: config.nLayers,
-        kvHeads: config.nKvHeads,
-        headDim: config.headDim,
-        sinks: sizes.sinks,
-        window: sizes.window,
-        rope: config.rope,
-        maxPositions,
-      });
+      const kernel = await storiesKernel(sizes.sinks, sizes.window, maxPositions);
       try {
         const session = new StreamingSession(runtime, kernel, sizes);
         const stream = Array.from(benchTokens(1200, config.vocabSize, 11));
@@ -247,14 +239,7 @@ describe("steady decode steps", () => {
     // decode step, so the session would otherwise reuse its outputs.
     const runtime = await DecoderRuntime.create(weights, { maxPositions: 64, backend: "native", presentNewOnly: true });
     const { config } = weights;
-    const kernel = await KvKernel.create({
-      layers: config.nLayers,
-      kvHeads: config.nKvHeads,
-      headDim: config.headDim,
-      sinks: 2,
-      window: 14,
-      rope: config.rope,
-    });
+    const kernel = await storiesKernel(2, 14);
     try {
       const session = new StreamingSession(runtime, kernel, { sinks: 2, window: 14, chunkSize: 1 });
       const rows: Float32Array[] = [];

@@ -84,8 +84,6 @@ async function answerStream(
   const progress = new ProgressReporter(session, { quiet: options.quiet });
   const sampler = new Sampler({ temperature: options.temperature, seed: options.seed });
   const stdout = new StdoutQueue();
-  const write = (text: string) => stdout.write(text);
-  const writesDone = () => stdout.flush();
   // Why the final answer is given, for its plain-text heading.
   let finalReason = "end of input";
 
@@ -101,14 +99,14 @@ async function answerStream(
     onAnswerStart: (answer) => {
       progress.clear();
       if (!options.json && !options.quiet && archive?.recall) writeStderr(describeRecall(answer.recalled));
-      if (!options.json && options.every) write(`[after ${answer.lines} lines${answer.final ? `, ${finalReason}` : ""}]\n`);
+      if (!options.json && options.every) stdout.write(`[after ${answer.lines} lines${answer.final ? `, ${finalReason}` : ""}]\n`);
     },
     onAnswerText: (text) => {
-      if (!options.json) write(text);
+      if (!options.json) stdout.write(text);
     },
     onAnswer: (answer) => {
-      if (options.json) write(JSON.stringify(answerRecord(answer, request, archive?.recall !== undefined)) + "\n");
-      else write(answer.text.endsWith("\n") ? "\n" : "\n\n");
+      if (options.json) stdout.write(JSON.stringify(answerRecord(answer, request, archive?.recall !== undefined)) + "\n");
+      else stdout.write(answer.text.endsWith("\n") ? "\n" : "\n\n");
     },
   });
 
@@ -116,12 +114,12 @@ async function answerStream(
     command: request.kind === "summary" ? "summarize" : "ask",
     addLine: async (text) => {
       await stream.addLine(text);
-      await writesDone();
+      await stdout.flush();
     },
     finish: async (reason) => {
       if (reason === "signal") finalReason = "stopped by a signal";
       await stream.finish();
-      await writesDone();
+      await stdout.flush();
       archive?.finish();
     },
     exportState: () => ({ pipeline: { answerStream: stream.exportState() }, blobs: {} }),

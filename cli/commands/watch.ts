@@ -120,7 +120,6 @@ async function watchStream(
   const progress = new ProgressReporter(session, { quiet: options.quiet });
   const sampler = new Sampler({ temperature: options.temperature, seed: options.seed });
   const stdout = new StdoutQueue();
-  const write = (text: string) => stdout.write(text);
 
   const watcher = new Watcher(model, session, {
     request,
@@ -135,14 +134,14 @@ async function watchStream(
     onAnswerStart: (reason, header) => {
       progress.clear();
       if (!options.json && !options.quiet && archive?.recall) writeStderr(describeRecall(header.recalled));
-      if (!options.json) write(`[line ${header.lines}, ${reason}]\n`);
+      if (!options.json) stdout.write(`[line ${header.lines}, ${reason}]\n`);
     },
     onAnswerText: (text) => {
-      if (!options.json) write(text);
+      if (!options.json) stdout.write(text);
     },
     onEvent: (event) => {
-      if (options.json) write(JSON.stringify(eventRecord(event, request, archive?.recall !== undefined)) + "\n");
-      else write(event.answer.text.endsWith("\n") ? "\n" : "\n\n");
+      if (options.json) stdout.write(JSON.stringify(eventRecord(event, request, archive?.recall !== undefined)) + "\n");
+      else stdout.write(event.answer.text.endsWith("\n") ? "\n" : "\n\n");
     },
   });
 
