@@ -129,15 +129,16 @@ export async function runLineStream(
   const collector = collectGarbagePeriodically();
 
   // Input that is not ingested yet. `backlog` contains the lines carried over in the state
-  // file, which go first. `held` is a line taken from the queue when a signal came before it
-  // was ingested. `position` is the followed file's position after the last ingested line.
+  // file, which go first. `lineAtSignal` is a line taken from the queue when a signal came
+  // before it was ingested. `position` is the followed file's position after the last ingested
+  // line.
   const backlog = input.backlog;
-  let held: InputLine | undefined;
+  let lineAtSignal: InputLine | undefined;
   let position = input.position;
   const save = async (final: boolean) => {
     if (options.state === undefined) return;
     const { pipeline, blobs } = consumer.exportState();
-    const unprocessed = final ? collectUnprocessed(backlog, held, queue, reader, options.follow !== undefined) : {
+    const unprocessed = final ? collectUnprocessed(backlog, lineAtSignal, queue, reader, options.follow !== undefined) : {
       lines: backlog.map((line) => line.text),
       partial: { text: "", bytes: [], afterCr: false },
     };
@@ -172,7 +173,7 @@ export async function runLineStream(
         let line = backlog.shift();
         if (line === undefined) {
           const taken = await queue.take(consumer.msUntilTimer?.());
-          if (taken.kind === "item" && stopping) held = taken.item;
+          if (taken.kind === "item" && stopping) lineAtSignal = taken.item;
           if (stopping) break;
           if (taken.kind === "end") break;
           if (taken.kind === "timeout") {
@@ -197,7 +198,7 @@ export async function runLineStream(
       ended = "stdout-closed";
     }
     if (ended === "signal" && options.state === undefined) {
-      const { lines: unprocessed, partial } = collectUnprocessed(backlog, held, queue, reader, false);
+      const { lines: unprocessed, partial } = collectUnprocessed(backlog, lineAtSignal, queue, reader, false);
       const count = unprocessed.length + (partial.text !== "" || partial.bytes.length > 0 ? 1 : 0);
       if (count > 0) {
         writeStderr(
@@ -387,7 +388,7 @@ function savedInput(
  */
 function collectUnprocessed(
   backlog: InputLine[],
-  held: InputLine | undefined,
+  lineAtSignal: InputLine | undefined,
   queue: BoundedQueue<InputLine>,
   reader: InputReader,
   follow: boolean,
@@ -395,7 +396,7 @@ function collectUnprocessed(
   const lines = [...backlog];
   let partial: PartialLine = { text: "", bytes: [], afterCr: false };
   if (!follow) {
-    if (held !== undefined) lines.push(held);
+    if (lineAtSignal !== undefined) lines.push(lineAtSignal);
     lines.push(...queue.drain(), ...reader.unqueued);
     partial = reader.partial();
     // The unterminated end of standard input continues in the next run's input.
@@ -523,9 +524,9 @@ declare const Bun: { gc(force: boolean): void } | undefined;
 
 /**
  * Under Bun, run a full collection every 10 seconds. A stream read quickly from a file makes
- * mostly short-lived strings and arrays, and JavaScriptCore's collector can fall behind them:
- * summarize over 13.5 M tokens grew from 205 to 350 MiB in 17 minutes without this, and
- * stayed at 151-157 MiB with it. `Bun.gc(false)` did not help. Deno's V8 keeps up.
+ * mostly short-lived strings and arrays, and JavaScriptCore's collector can fall behind them.
+ * Without this, summarize over 13.5 M tokens grew from 205 to 350 MiB in 17 minutes. With it,
+ * RSS stayed at 151-157 MiB. `Bun.gc(false)` did not help, and Deno's V8 keeps up.
  */
 function collectGarbagePeriodically(): ReturnType<typeof setInterval> | undefined {
   if (typeof Bun === "undefined") return undefined;

@@ -27,7 +27,7 @@
  *    the `present` outputs, and `commit(n)` makes them part of the cache.
  *
  * `preparePast()` with `pastKey` / `pastValue` writes the past in cache order instead, each
- * key rotated to its index, into buffers of its own; it is there for inspection and tests.
+ * key rotated to its index, into buffers of its own. It exists for inspection and tests.
  *
  * @module
  */
@@ -567,8 +567,8 @@ export class KvKernel {
   }
 
   /**
-   * Readies the past of every layer for a forward pass of `incoming` new entries, after
-   * `evictFor(incoming)`; returns the position id of the first new entry, `base + length`.
+   * Ready the past of every layer for a forward pass of `incoming` new entries, after
+   * `evictFor(incoming)`, and return the position id of the first new entry, `base + length`.
    * The new entries take positions from there, and `commit` records them so.
    *
    * @throws RangeError when `incoming` exceeds the free slots

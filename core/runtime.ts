@@ -328,8 +328,8 @@ export class DecoderRuntime {
   /**
    * Run one forward step and return the logits and the extended key/value cache.
    *
-   * Input tensors are kept and written in place from call to call, so a run must not start
-   * while another on the same runtime is in flight; one that does gets fresh inputs.
+   * Input tensors are kept and written in place from call to call. A run that starts while
+   * another on the same runtime is in flight gets fresh inputs instead.
    */
   async run(input: DecoderRunInput): Promise<DecoderRunOutput> {
     const session = this.#session;
@@ -569,9 +569,9 @@ export class DecoderRuntime {
   }
 
   /**
-   * Output buffers for `input`, or undefined where ONNX Runtime must allocate: the wasm backend
-   * copies CPU output tensors into its heap and does not copy the results back into them, so
-   * only the native backend takes them, and only for one token with one logits row.
+   * Return kept output buffers for `input`, or undefined where ONNX Runtime must allocate. Only
+   * the native backend takes them, for one token with one logits row. The wasm backend copies
+   * CPU output tensors into its heap and does not copy the results back into them.
    */
   #reusedOutputs(input: DecoderRunInput): ReusedOutputs | undefined {
     const seq = input.inputIds.length;

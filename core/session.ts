@@ -6,9 +6,9 @@
  * first `sinks` tokens of the stream stay forever; the rest live in a window that evicts its
  * oldest token to make room. Every token attends as if it sat at its position *within the
  * cache* (the number of tokens cached before it), never its position in the stream. The
- * kernel hands out positions offset by a `base` that grows with each eviction, which RoPE
- * attention cannot tell apart, so window keys need no rotation per step; positions stay below
- * the kernel's `maxPositions` however long the stream runs (see `kv_kernel.ts`).
+ * kernel hands out positions offset by a `base` that grows with each eviction. RoPE attention
+ * depends only on position differences, so window keys need no rotation per step. Positions
+ * stay below the kernel's `maxPositions` however long the stream runs (see `kv_kernel.ts`).
  *
  * Tokens are ingested in chunks (chunked prefill). Before a chunk of T tokens runs, the oldest
  * window tokens are evicted until the cache has room for all T, so the chunk's first token
@@ -151,9 +151,9 @@ export class StreamingSession {
    * (`prepareHandoff` rotates the sink keys, and relayouts the past when its length changed),
    * `runSeconds` in the runtime call (which includes its own copies of past and present),
    * `appendSeconds` in copying new entries back. `handoffBytes` counts the bytes of K/V copied
-   * between the kernel and the runtime: what the kernel writes to ready the past, the past
-   * again when the runtime copies its inputs (the wasm backend), and the new entries copied
-   * back from `present`.
+   * between the kernel and the runtime. That is what the kernel writes to ready the past, plus
+   * the past again when the runtime copies its inputs (the wasm backend), plus the new entries
+   * copied back from `present`.
    */
   readonly timing = { forwards: 0, prepareSeconds: 0, runSeconds: 0, appendSeconds: 0, handoffBytes: 0 };
 
@@ -294,8 +294,8 @@ export class StreamingSession {
     logitsToKeep: number,
     reuseOutputs: boolean,
   ): Promise<Float32Array> {
-    // Give the event loop a turn before every forward pass. A pass can resolve entirely in
-    // microtasks; without this, timers, signal handlers and I/O callbacks wait for a whole
+    // Give the event loop a turn before every forward pass, because a pass can resolve entirely
+    // in microtasks. Without this, timers, signal handlers and I/O callbacks wait for a whole
     // stream, and so does Bun's garbage collector, whose timers run on the event loop.
     await new Promise((resolve) => setImmediate(resolve));
     const timing = this.timing;

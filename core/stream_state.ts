@@ -30,7 +30,7 @@ import type { CacheSizes, SessionStats, StreamingSession } from "./session.ts";
 /**
  * Version of the file layout above; bump it when the layout, the header or the kernel state
  * changes meaning. Version 2 added the input record of the pipeline state (the followed
- * file's position, or the lines read but not ingested) and holds kernel state version 2,
+ * file's position, or the lines read but not ingested) and contains kernel state version 2,
  * whose positions have a base.
  */
 export const STATE_FILE_VERSION = 2;

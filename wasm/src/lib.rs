@@ -296,7 +296,7 @@ pub unsafe extern "C" fn kv_commit(handle: *mut KvRing, count: u32) -> i32 {
     }
 }
 
-/// Readies the past of every layer for a forward pass of `incoming` new entries; returns the
+/// Readies the past of every layer for a forward pass of `incoming` new entries. Returns the
 /// position of the first of them, or a negated [`Status`] code.
 ///
 /// # Safety
@@ -315,7 +315,8 @@ pub unsafe extern "C" fn kv_prepare_handoff(handle: *mut KvRing, incoming: u32) 
 }
 
 /// Returns the past keys of `layer` for the runtime, `(kv_head, len, head_dim)` f32 in row
-/// order, valid after `kv_prepare_handoff`; null for a null handle or a layer out of range.
+/// order, valid after `kv_prepare_handoff`. Returns null for a null handle or a layer out of
+/// range.
 ///
 /// # Safety
 /// `handle` must be null or a live handle from `kv_create`.
@@ -356,8 +357,8 @@ pub unsafe extern "C" fn kv_prepare_past(handle: *mut KvRing) -> i32 {
 }
 
 /// Returns the cache-order keys of `layer` from the last `kv_prepare_past`, `(kv_head, len,
-/// head_dim)` f32, each rotated to its index; null for a null handle, a layer out of range or
-/// before the first `kv_prepare_past`.
+/// head_dim)` f32, each rotated to its index. Returns null for a null handle, a layer out of
+/// range, or before the first `kv_prepare_past`.
 ///
 /// # Safety
 /// `handle` must be null or a live handle from `kv_create`.

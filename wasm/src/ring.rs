@@ -293,7 +293,7 @@ impl KvRing {
     }
 
     /// Evicts the oldest window entries so that `incoming` more entries fit, and rebases the
-    /// positions when the new entries would reach `max_positions`; returns how many were
+    /// positions when the new entries would reach `max_positions`. Returns how many were
     /// evicted.
     pub fn evict_for(&mut self, incoming: usize) -> Result<usize, Status> {
         if incoming > self.max_incoming() {
@@ -405,9 +405,9 @@ impl KvRing {
     }
 
     /// Readies the handoff buffers for a forward pass of `incoming` new entries and returns
-    /// the position of the first of them, `base() + len()`: rebases if the new entries would
-    /// reach `max_positions`, rotates the sink keys to their current positions and lays each
-    /// layer out as `(kv_head, len, head_dim)` when the length changed since the last call.
+    /// the position of the first of them, `base() + len()`. It rebases if the new entries would
+    /// reach `max_positions` and rotates the sink keys to their current positions. When the
+    /// length changed since the last call, it lays each layer out as `(kv_head, len, head_dim)`.
     pub fn prepare_handoff(&mut self, incoming: usize) -> Result<usize, Status> {
         let length = self.len();
         if incoming > self.capacity - length {

@@ -143,8 +143,8 @@ impl KvRing {
         let entered_at = read_words(&mut reader, capacity)?;
         let position = read_words(&mut reader, capacity)?;
         let ring_index = read_words(&mut reader, capacity)?;
-        // The window rows `sinks_filled..length` hold distinct live ring indices, and each
-        // window entry sits at `base` plus its index within the cache; every cached entry's
+        // The window rows `sinks_filled..length` contain distinct live ring indices, and each
+        // window entry sits at `base` plus its index within the cache. Every cached entry's
         // positions lie below the limit.
         let mut window_rows = try_zeroed_u32(config.window)?;
         let mut seen = vec![false; config.window];
